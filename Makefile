@@ -1,0 +1,113 @@
+# drover build. `make` builds bin/drover; `make check` installs what is
+# missing, builds the release and the ASan+UBSan binaries, and runs every test.
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+
+CC ?= cc
+ifeq ($(origin CC),default)
+CC := cc
+endif
+PKGS := libuv jansson sqlite3 libcurl msgpack openssl libarchive
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+BASE_CFLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude $(WARN) -MMD -MP
+REL_CFLAGS := -O2 -g
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_CFLAGS := -O1 -g $(SAN_FLAGS)
+
+SRC := $(shell find src -name '*.c' | sort)
+LIB_SRC := $(filter-out src/main.c,$(SRC))
+UNIT_SRC := $(shell find tests/unit -name 'test_*.c' 2>/dev/null | sort)
+
+REL_OBJ := $(patsubst %.c,build/rel/%.o,$(SRC))
+ASAN_OBJ := $(patsubst %.c,build/asan/%.o,$(SRC))
+ASAN_LIB_OBJ := $(patsubst %.c,build/asan/%.o,$(LIB_SRC))
+UNIT_BIN := $(patsubst %.c,build/asan/%,$(UNIT_SRC))
+
+# A unit test in tests/unit/<module>/ links src/core and src/<module>, plus
+# the modules named in TEST_DEPS_<module>, so one module's tests never wait
+# on another module's half-written code.
+TEST_DEPS_http :=
+TEST_DEPS_store :=
+TEST_DEPS_spec :=
+TEST_DEPS_api := store spec http
+TEST_DEPS_cli := http
+mod_objs = $(filter build/asan/src/core/% $(foreach m,$(1) $(TEST_DEPS_$(1)),build/asan/src/$(m)/%),$(ASAN_LIB_OBJ))
+
+.PHONY: all asan unit check test deps demo lint format fuzz bench clean integration
+
+all: bin/drover
+
+bin/drover: $(REL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(REL_CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+build/rel/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(REL_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+asan: build/asan/drover $(UNIT_BIN)
+
+build/asan/drover: $(ASAN_OBJ)
+	$(CC) $(ASAN_CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+build/asan/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(ASAN_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+.SECONDEXPANSION:
+build/asan/tests/unit/%: tests/unit/%.c $$(call mod_objs,$$(word 1,$$(subst /, ,$$*)))
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(ASAN_CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $^ $(PKG_LIBS) -lcmocka
+
+deps:
+	@scripts/deps.sh
+
+unit: $(UNIT_BIN)
+	@tests/run.sh unit
+
+integration: bin/drover build/asan/drover
+	@tests/run.sh integration
+
+# The one command CI runs: install, build both flavours, every test, one
+# closing line "N passed, N failed".
+check: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all asan fuzz-build
+	@tests/run.sh all
+
+test: check
+
+demo: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all
+	@scripts/demo.sh
+
+lint:
+	@scripts/lint.sh
+
+format:
+	@clang-format -i $$(find src tests/unit fuzz include -name '*.[ch]' 2>/dev/null)
+
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_BIN := $(patsubst fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,address,undefined
+# Fuzz targets link src/core plus the module named after the first word of
+# the target (fuzz_http_request.c -> src/http).
+fuzz_mod = $(word 2,$(subst _, ,$(1)))
+fuzz-build: $(FUZZ_BIN)
+build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c src/$$(call fuzz_mod,$$*)/*.c))
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
+
+fuzz: fuzz-build
+	@for f in $(FUZZ_BIN); do n=$$(basename $$f); echo "fuzzing $$n for $${FUZZ_SECONDS:-60}s"; \
+	  mkdir -p fuzz/corpus/$$n; $$f -max_total_time=$${FUZZ_SECONDS:-60} fuzz/corpus/$$n || exit 1; done
+
+bench: all
+	@bench/run.sh
+
+clean:
+	rm -rf build bin
+
+-include $(REL_OBJ:.o=.d) $(ASAN_OBJ:.o=.d)
