@@ -29,7 +29,9 @@ int err_wrap(err_t *err, int code, const char *fmt, ...)
     memcpy(old, err->msg, sizeof(old));
     if (!err->code)
         snprintf(old, sizeof(old), "%s", strerror(code < 0 ? -code : code));
-    size_t pl = strnlen(prefix, sizeof(err->msg) - 3);
+    /* Keep at least half the buffer for the original message: it is
+     * usually the more specific part. */
+    size_t pl = strnlen(prefix, sizeof(err->msg) / 2);
     memcpy(err->msg, prefix, pl);
     memcpy(err->msg + pl, ": ", 2);
     size_t rest = sizeof(err->msg) - pl - 3;

@@ -14,8 +14,8 @@ char *json_canonical(const json_t *v, size_t *len)
     char *s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
     if (!s)
         s = xstrdup("null");
-    /* jansson allocates with malloc; hand back our own copy so callers free
-     * uniformly with free(). */
+    /* jansson allocates with malloc (its default allocator), so callers
+     * release the result with free(). */
     if (len)
         *len = strlen(s);
     return s;

@@ -11,7 +11,7 @@
  * equal bytes, which is what version comparison and hashing rely on.
  * malloc'd; never NULL for a valid value. */
 char *json_canonical(const json_t *v, size_t *len);
-/* Parse n bytes; on failure fills err with "line L column C: reason". */
+/* Parse n bytes; on failure fills err with "invalid JSON at line L column C: reason". */
 json_t *json_parse(const char *s, size_t n, err_t *err);
 /* obj[key] as string, or NULL when missing or not a string. */
 const char *json_str(const json_t *obj, const char *key);

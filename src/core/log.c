@@ -43,7 +43,7 @@ int log_format_parse(const char *s, log_format_t *out)
 
 int log_enabled(log_level_t level)
 {
-    return (int)level >= atomic_load(&log_min_level);
+    return level < LOG_OFF && (int)level >= atomic_load(&log_min_level);
 }
 
 /* Append s to out as the inside of a JSON string, bounded by cap. */
@@ -54,7 +54,10 @@ static size_t log_json_escape(char *out, size_t pos, size_t cap, const char *s)
         if (c == '"' || c == '\\') {
             out[pos++] = '\\';
             out[pos++] = (char)c;
-        } else if (c < 0x20) {
+        } else if (c < 0x20 || c >= 0x7f) {
+            /* Bytes >= 0x80 are escaped one by one (as Latin-1) so a line
+             * is valid JSON even when a peer's string is not UTF-8 or was
+             * cut mid-sequence. */
             pos += (size_t)snprintf(out + pos, cap - pos, "\\u%04x", c);
         } else {
             out[pos++] = (char)c;
@@ -73,6 +76,12 @@ void log_write(log_level_t level, const char *module, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (atomic_load(&log_fmt) == LOG_TEXT) {
+        /* A logged peer string must not forge extra log lines. */
+        for (char *p = msg; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = '?';
+    }
 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

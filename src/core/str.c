@@ -9,7 +9,7 @@
 
 int str_to_i64(const char *s, int64_t min, int64_t max, int64_t *out)
 {
-    if (!s || !*s || isspace((unsigned char)*s))
+    if (!s || !*s || isspace((unsigned char)*s) || *s == '+')
         return -EINVAL;
     errno = 0;
     char *end = NULL;
@@ -22,18 +22,29 @@ int str_to_i64(const char *s, int64_t min, int64_t max, int64_t *out)
     return 0;
 }
 
-/* Split "123unit" into the number and its suffix. */
+/* Split "123unit" / "1.5unit" into the number and its suffix. Plain
+ * decimals only: strtod alone would also take "nan", "inf", hex and
+ * exponents, none of which is a sane duration or size. */
 static int str_number_suffix(const char *s, double *num, const char **suffix)
 {
-    if (!s || !*s || isspace((unsigned char)*s) || *s == '-' || *s == '+')
+    if (!s || !isdigit((unsigned char)*s))
         return -EINVAL;
+    size_t n = 0, dots = 0;
+    while (isdigit((unsigned char)s[n]) || s[n] == '.') {
+        dots += s[n] == '.';
+        n++;
+    }
+    if (dots > 1 || s[n - 1] == '.' || n > 40)
+        return -EINVAL;
+    char digits[48];
+    memcpy(digits, s, n);
+    digits[n] = '\0';
     errno = 0;
-    char *end = NULL;
-    double v = strtod(s, &end);
-    if (end == s || errno == ERANGE || v < 0)
-        return -EINVAL;
+    double v = strtod(digits, NULL);
+    if (errno == ERANGE)
+        return -ERANGE;
     *num = v;
-    *suffix = end;
+    *suffix = s + n;
     return 0;
 }
 
@@ -151,12 +162,13 @@ int str_split_hostport(const char *s, char **host, int *port)
         colon = close + 1;
     } else {
         colon = strrchr(s, ':');
-        if (!colon)
+        /* An IPv6 address must be bracketed, or "::1:80" would be ambiguous. */
+        if (!colon || memchr(s, ':', (size_t)(colon - s)))
             return -EINVAL;
         hl = (size_t)(colon - s);
     }
     int64_t p;
-    if (str_to_i64(colon + 1, 0, 65535, &p))
+    if (!isdigit((unsigned char)colon[1]) || str_to_i64(colon + 1, 0, 65535, &p))
         return -EINVAL;
     *host = xstrndup(hs, hl);
     *port = (int)p;
