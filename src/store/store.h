@@ -37,8 +37,13 @@ typedef struct store store_t;
 typedef struct store_watch store_watch_t;
 
 /* Key and value limits, enforced by every backend with -EINVAL / -E2BIG. */
-#define STORE_KEY_MAX 1024
+#define STORE_KEY_MAX   1024
 #define STORE_VALUE_MAX (1536 * 1024)
+/* At most this many compares, and this many ops per branch, in one txn
+ * (etcd's default --max-txn-ops); more fails with -E2BIG. */
+#define STORE_TXN_OPS_MAX 128
+/* Lease TTLs are 1..STORE_LEASE_TTL_MAX seconds (etcd's MaxLeaseTTL). */
+#define STORE_LEASE_TTL_MAX 9000000000LL
 
 typedef struct store_kv {
     const char *key;
@@ -51,7 +56,7 @@ typedef struct store_kv {
 } store_kv_t;
 
 typedef enum store_op_type {
-    STORE_OP_GET = 0,   /* key exact; with prefix=true, every key starting with key */
+    STORE_OP_GET = 0, /* key exact; with prefix=true, every key starting with key */
     STORE_OP_PUT = 1,
     STORE_OP_DELETE = 2, /* key exact; with prefix=true, the whole prefix */
 } store_op_type_t;
@@ -97,18 +102,23 @@ typedef struct store_op_result {
     store_op_type_t type;
     store_kv_t *kvs; /* GET: matching keys in key order; PUT/DELETE: previous kvs */
     size_t n_kvs;
-    size_t deleted;  /* DELETE: number of keys removed */
-    bool more;       /* GET: limit cut the result */
+    size_t deleted; /* DELETE: number of keys removed */
+    bool more;      /* GET: limit cut the result */
 } store_op_result_t;
 
 typedef struct store_result {
-    int64_t rev;       /* store revision the operation ran at (after it, for writes) */
-    bool succeeded;    /* txn: compares held, success ops ran */
+    int64_t rev;            /* store revision the operation ran at (after it, for writes) */
+    bool succeeded;         /* txn: compares held, success ops ran */
     store_op_result_t *ops; /* results of the ops that ran */
     size_t n_ops;
 } store_result_t;
 
-/* status: 0 or negative errno; err holds context when status != 0. */
+/* status: 0 or negative errno; err holds context when status != 0 (err is
+ * NULL when status == 0, res is NULL when status != 0).
+ * Argument errors (empty or too long key -> -EINVAL, value too large ->
+ * -E2BIG, unknown lease -> -ENOENT, ...) are reported through the callback
+ * with err naming the culprit, in call order; the functions below return
+ * non-zero only for a NULL store or a store being closed (-ECANCELED). */
 typedef void (*store_cb)(int status, const err_t *err, const store_result_t *res, void *data);
 
 typedef struct store_event {
@@ -121,8 +131,8 @@ typedef struct store_event {
  * (start revision compacted; compact_rev says where history starts) or
  * another error. After a status != 0 call, or after store_watch_cancel, the
  * callback is not called again. */
-typedef void (*store_watch_cb)(store_watch_t *w, int status, const store_event_t *events,
-                               size_t n, int64_t compact_rev, void *data);
+typedef void (*store_watch_cb)(store_watch_t *w, int status, const store_event_t *events, size_t n,
+                               int64_t compact_rev, void *data);
 
 typedef void (*store_lease_cb)(int status, const err_t *err, int64_t lease_id, int64_t ttl_s,
                                void *data);
@@ -135,7 +145,10 @@ typedef struct store_options {
 } store_options_t;
 
 /* Open a store bound to `loop`. Recovers after a crash: every write that was
- * acknowledged before the crash is there after store_open. */
+ * acknowledged before the crash is there after store_open. Blocks until the
+ * database is open and recovered (startup only). SQLite: the file is locked
+ * for this process (a second open fails with -EBUSY); leases restart with a
+ * full TTL. */
 int store_open(uv_loop_t *loop, const store_options_t *opts, store_t **out, err_t *err);
 /* Stop the backend; pending callbacks run with -ECANCELED before `cb` (may
  * be NULL) runs; then the store is freed. Active watches end with -ECANCELED. */
@@ -154,18 +167,25 @@ int store_put(store_t *s, const char *key, const void *value, size_t len, int64_
               store_cb cb, void *data);
 int store_delete(store_t *s, const char *key, bool prefix, store_cb cb, void *data);
 
-/* Watch `key` (or every key under it when prefix) from start_rev (0 = only
- * changes after now). */
+/* Watch `key` (or every key under it when prefix; "" with prefix watches
+ * everything) from start_rev (0 = only changes after now). The handle is
+ * owned by the store: it stays valid until store_watch_cancel() returns or
+ * until a callback with status != 0 returns (-ESTALE, -EINVAL for a bad key
+ * or start_rev, -ECANCELED when the store closes); drop it then. Events come
+ * in batches; events of one revision are never split across callbacks. */
 int store_watch(store_t *s, const char *key, bool prefix, int64_t start_rev, store_watch_cb cb,
                 void *data, store_watch_t **out);
-/* The callback will not be called after this returns. */
+/* The callback will not be called after this returns. May be called from
+ * inside the watch's own callback; a no-op after a status != 0 callback. */
 void store_watch_cancel(store_watch_t *w);
 
 int store_lease_grant(store_t *s, int64_t ttl_s, store_lease_cb cb, void *data);
 int store_lease_keepalive(store_t *s, int64_t lease_id, store_lease_cb cb, void *data);
 int store_lease_revoke(store_t *s, int64_t lease_id, store_lease_cb cb, void *data);
 
-/* Drop history before `rev` (watches from older revisions get -ESTALE). */
+/* Drop history before `rev` (watches from older revisions get -ESTALE).
+ * rev above the current revision fails with -EINVAL; a rev at or below the
+ * current compaction point succeeds and does nothing. */
 int store_compact(store_t *s, int64_t rev, store_cb cb, void *data);
 
 #endif
