@@ -2,6 +2,12 @@
 # missing, builds the release and the ASan+UBSan binaries, and runs every test.
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
+# `make V=1` shows full command lines.
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
 
 CC ?= cc
 ifeq ($(origin CC),default)
@@ -42,25 +48,30 @@ all: bin/drover
 
 bin/drover: $(REL_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(REL_CFLAGS) -o $@ $^ $(PKG_LIBS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(REL_CFLAGS) -o $@ $^ $(PKG_LIBS)
 
 build/rel/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE_CFLAGS) $(REL_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+	@echo "  CC      $<"
+	$(Q)$(CC) $(BASE_CFLAGS) $(REL_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
 asan: build/asan/drover $(UNIT_BIN)
 
 build/asan/drover: $(ASAN_OBJ)
-	$(CC) $(ASAN_CFLAGS) -o $@ $^ $(PKG_LIBS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(ASAN_CFLAGS) -o $@ $^ $(PKG_LIBS)
 
 build/asan/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE_CFLAGS) $(ASAN_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+	@echo "  CC      $< (asan)"
+	$(Q)$(CC) $(BASE_CFLAGS) $(ASAN_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
 .SECONDEXPANSION:
 build/asan/tests/unit/%: tests/unit/%.c $$(call mod_objs,$$(word 1,$$(subst /, ,$$*)))
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE_CFLAGS) $(ASAN_CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $^ $(PKG_LIBS) -lcmocka
+	@echo "  TEST    $@"
+	$(Q)$(CC) $(BASE_CFLAGS) $(ASAN_CFLAGS) $(PKG_CFLAGS) -Itests/unit -o $@ $^ $(PKG_LIBS) -lcmocka
 
 deps:
 	@scripts/deps.sh
@@ -98,11 +109,15 @@ fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
 build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c src/$$(call fuzz_mod,$$*)/*.c))
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
+	@echo "  FUZZ    $@"
+	$(Q)clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)
 
 fuzz: fuzz-build
 	@for f in $(FUZZ_BIN); do n=$$(basename $$f); echo "fuzzing $$n for $${FUZZ_SECONDS:-60}s"; \
-	  mkdir -p fuzz/corpus/$$n; $$f -max_total_time=$${FUZZ_SECONDS:-60} fuzz/corpus/$$n || exit 1; done
+	  mkdir -p build/fuzz-new/$$n fuzz/corpus/$$n; \
+	  $$f -max_total_time=$${FUZZ_SECONDS:-60} -artifact_prefix=build/fuzz-new/$$n- \
+	    build/fuzz-new/$$n fuzz/corpus/$$n || exit 1; done
+	@echo "new inputs are in build/fuzz-new/ (the seed corpora in fuzz/corpus/ are left as they are)"
 
 bench: all
 	@bench/run.sh
@@ -110,4 +125,4 @@ bench: all
 clean:
 	rm -rf build bin
 
--include $(REL_OBJ:.o=.d) $(ASAN_OBJ:.o=.d)
+-include $(REL_OBJ:.o=.d) $(ASAN_OBJ:.o=.d) $(UNIT_BIN:=.d)

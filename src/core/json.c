@@ -11,7 +11,7 @@
 
 char *json_canonical(const json_t *v, size_t *len)
 {
-    char *s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    char *s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
     if (!s)
         s = xstrdup("null");
     /* jansson allocates with malloc (its default allocator), so callers
@@ -43,5 +43,14 @@ void json_error_push(json_t *errors, const char *path, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(reason, sizeof(reason), fmt, ap);
     va_end(ap);
-    json_array_append_new(errors, json_pack("{s:s, s:s}", "path", path, "reason", reason));
+    json_t *e = json_pack("{s:s, s:s}", "path", path, "reason", reason);
+    /* jansson refuses invalid UTF-8; an error about hostile input must
+     * still be reported rather than silently dropped. */
+    if (!e) {
+        json_t *p = json_string(path);
+        e = json_pack("{s:s, s:s}", "path", p ? path : "$", "reason",
+                      "(the reason contains invalid UTF-8)");
+        json_decref(p);
+    }
+    json_array_append_new(errors, e);
 }

@@ -7,7 +7,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
-/* Serialise with sorted keys and no whitespace: two equal documents give
+/* Serialise with sorted keys, no whitespace and reals at 15 significant
+ * digits (0.05, not 0.050000000000000003): two equal documents give
  * equal bytes, which is what version comparison and hashing rely on.
  * malloc'd; never NULL for a valid value. */
 char *json_canonical(const json_t *v, size_t *len);

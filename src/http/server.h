@@ -7,7 +7,8 @@
  *
  * Handler contract: the handler (now or later, from any loop callback) ends
  * every request exactly once, with http_respond() or with
- * http_stream_begin()/http_stream_write()*/http_stream_end(). The request
+ * http_stream_begin(), http_stream_write() (any number of times), then
+ * http_stream_end(). The request
  * stays valid until then, even when the client has gone: responding to a
  * request whose client disconnected just frees it. A long-lived handler
  * (blocking query, event stream) registers http_req_on_abort() to learn
@@ -43,10 +44,10 @@ typedef struct http_param {
 
 typedef struct http_req {
     /* Read-only for handlers; valid until the request is ended. */
-    const char *method;  /* "GET", "PUT", ... */
-    const char *target;  /* raw request target: "/v1/kv/a%20b?recurse" */
-    const char *path;    /* percent-decoded path: "/v1/kv/a b" */
-    const char *query;   /* raw query without '?', "" when none */
+    const char *method;         /* "GET", "PUT", ... */
+    const char *target;         /* raw request target: "/v1/kv/a%20b?recurse" */
+    const char *path;           /* percent-decoded path: "/v1/kv/a b" */
+    const char *query;          /* raw query without '?', "" when none */
     const http_param_t *params; /* parsed query, in order */
     size_t n_params;
     int http_major, http_minor;
@@ -66,7 +67,8 @@ typedef struct http_limits {
     uint64_t header_timeout_ms; /* whole request must arrive in this time; 408 (default 10 s) */
     uint64_t idle_timeout_ms;   /* keep-alive connection with no request is closed (default 60 s) */
     size_t max_connections;     /* beyond: 503 and close (default 4096) */
-    size_t max_pending_write;   /* bytes queued on a slow streaming client before it is dropped (default 4 MiB) */
+    size_t max_pending_write;   /* bytes queued on a slow streaming client before it is dropped
+                                   (default 4 MiB) */
     size_t max_pipelined_bytes; /* bytes buffered behind a pending request (default 64 KiB) */
 } http_limits_t;
 
@@ -74,14 +76,20 @@ typedef struct http_limits {
 void http_limits_default(http_limits_t *lim);
 
 /* Listen on `addr` ("127.0.0.1:7400", "[::1]:0", "0.0.0.0:7400"). Port 0
- * picks a free port; http_server_port() tells which. */
+ * picks a free port; http_server_port() tells which.
+ * Added: `lim` may be NULL (all defaults) and a zero field takes its
+ * default. The host must be a numeric IP address. On failure *out is NULL
+ * and there is nothing to free. The server lives on `loop`'s thread: call
+ * every http_* function from there. */
 int http_server_listen(uv_loop_t *loop, const char *addr, const http_limits_t *lim,
                        http_handler_fn handler, void *data, http_server_t **out, err_t *err);
 int http_server_port(const http_server_t *s);
 
 /* Stop accepting, close idle connections, call the abort callbacks of
  * streaming/pending requests, let in-flight responses finish for up to
- * grace_ms, then close everything and free the server; `done` runs last. */
+ * grace_ms, then close everything and free the server; `done` runs last.
+ * Added: `done` (may be NULL) runs once every connection is freed, which
+ * includes waiting for handlers to end the requests they still hold. */
 void http_server_shutdown(http_server_t *s, uint64_t grace_ms, void (*done)(void *data),
                           void *data);
 
@@ -105,7 +113,11 @@ void http_stream_end(http_req_t *r);
 
 /* `cb` runs at most once, when the client disconnects or the server shuts
  * down while the request is not yet ended. The request stays valid; the
- * handler must still end it (from cb or later). */
+ * handler must still end it (from cb or later).
+ * Added: cb runs from a loop callback of its own, never inside an http_*
+ * call; registering it after the client left (or during a shutdown) still
+ * gets it called. A connection dropped for -ENOBUFS does not call it: the
+ * handler already learned that from http_stream_write(). */
 void http_req_on_abort(http_req_t *r, void (*cb)(http_req_t *r, void *data), void *data);
 /* True once the client is gone (responses will be discarded). */
 bool http_req_aborted(const http_req_t *r);
