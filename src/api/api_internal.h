@@ -1,0 +1,51 @@
+/* Shared by the api's handler files; not part of the api's interface. */
+#ifndef DROVER_API_INTERNAL_H
+#define DROVER_API_INTERNAL_H
+
+#include "api/api.h"
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct api {
+    uv_loop_t *loop;
+    store_t *store;
+    api_options_t opts;
+    uint64_t started_ms;
+};
+
+/* Store key layout. App ids and KV keys live under separate prefixes; a
+ * version key uses '@', which no app id may contain, so one app's versions
+ * never mix with another app whose id extends it. */
+#define API_APPS_PREFIX "/apps"
+#define API_VERSIONS_PREFIX "/versions"
+#define API_KV_PREFIX "/kv/"
+#define API_KV_VALUE_MAX (512 * 1024)
+#define API_KV_KEY_MAX 512
+
+/* Answer with `body` (stolen) as JSON, X-Drover-Index set to `index` (or the
+ * store's current revision when 0). */
+void api_reply_json(api_t *api, http_req_t *req, int status, json_t *body, int64_t index);
+/* Answer with JSON text that is already serialised (a stored record). */
+void api_reply_raw_json(api_t *api, http_req_t *req, int status, const char *text, size_t len,
+                        int64_t index);
+/* {"error": msg} with `errors` (stolen, may be NULL) as the errors array. */
+void api_reply_error(api_t *api, http_req_t *req, int status, json_t *errors, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Map a store failure to 503/409/400 and answer. */
+void api_reply_store_error(api_t *api, http_req_t *req, int status, const err_t *err);
+void api_reply_method_not_allowed(api_t *api, http_req_t *req, const char *allow);
+
+/* "2026-11-21T12:00:00.123Z" into out (>= 32 bytes). */
+void api_time_now(char *out, size_t n);
+uint64_t api_now_ms(void);
+
+/* Parse `?wait=` (default 5m, max 10m) and `?index=`; 0 or -EINVAL with a
+ * message in err. */
+int api_parse_blocking(const http_req_t *req, int64_t *index, int64_t *wait_ms, err_t *err);
+
+void api_apps_handle(api_t *api, http_req_t *req, const char *rest);
+void api_kv_handle(api_t *api, http_req_t *req, const char *key);
+void api_events_handle(api_t *api, http_req_t *req);
+
+#endif

@@ -1,0 +1,183 @@
+"""Fixtures that start the real drover binary.
+
+DROVER_BIN picks the binary (tests/run.sh passes the ASan+UBSan build); a
+sanitizer report in a process's stderr fails the test that started it.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("DROVER_BIN") or os.path.join(ROOT, "bin", "drover")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Drover:
+    """A running `drover dev` (or `server`) process and a tiny API client."""
+
+    def __init__(self, tmp, args=(), verb="dev"):
+        self.tmp = tmp
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.addr}"
+        self.data_dir = os.path.join(tmp, "data")
+        self.verb = verb
+        self.args = list(args)
+        self.proc = None
+        self.log_path = os.path.join(tmp, f"drover-{self.port}.log")
+
+    def start(self, wait=True):
+        cmd = [BIN, self.verb, "--data-dir", self.data_dir, "--api", self.addr] + self.args
+        self.log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"drover exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/v1/status", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"drover not ready in {timeout}s:\n{self.logs()}")
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"drover did not stop within {timeout}s after {sig}")
+        self.log.close()
+        return rc
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def sanitizer_reports(self):
+        text = self.logs()
+        return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKS)]
+
+    # -- API helpers (urllib keeps the tests free of extra dependencies) --
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        data = body
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body).encode()
+        elif isinstance(body, str):
+            data = body.encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return Response(r.status, dict(r.headers), r.read())
+        except urllib.error.HTTPError as e:
+            return Response(e.code, dict(e.headers), e.read())
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path, body=None, **kw):
+        return self.request("PUT", path, body, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def cli(self, *args, input=None, env=None, timeout=30):
+        e = dict(os.environ)
+        e["DROVER_ADDR"] = self.url
+        if env:
+            e.update(env)
+        return subprocess.run([BIN] + list(args), input=input, capture_output=True,
+                              text=True, env=e, timeout=timeout)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def text(self):
+        return self.body.decode(errors="replace")
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+def seed_spec(name="test-server", env="production", instances=4):
+    """The Marathon test-server definition from the field report, placeholders filled."""
+    with open(os.path.join(ROOT, "examples", "specs", "test-server.json")) as f:
+        spec = json.load(f)
+    spec["id"] = f"/app/{env}/{name}"
+    spec["instances"] = instances
+    return spec
+
+
+@pytest.fixture
+def drover(tmp_path):
+    d = Drover(str(tmp_path)).start()
+    yield d
+    rc = d.stop()
+    reports = d.sanitizer_reports()
+    assert not reports, "sanitizer reports:\n" + "\n".join(reports) + "\n" + d.logs()[-4000:]
+    assert rc == 0, f"drover exited with {rc} on SIGTERM:\n{d.logs()[-4000:]}"
+
+
+@pytest.fixture
+def make_drover(tmp_path):
+    """Factory for tests that restart or run several processes."""
+    made = []
+
+    def make(args=(), verb="dev", subdir="d"):
+        path = os.path.join(str(tmp_path), subdir)
+        os.makedirs(path, exist_ok=True)
+        d = Drover(path, args=args, verb=verb)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc and d.proc.poll() is None:
+            d.stop()
+        reports = d.sanitizer_reports()
+        assert not reports, "sanitizer reports:\n" + "\n".join(reports)
