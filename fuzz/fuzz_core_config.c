@@ -16,7 +16,8 @@ static void check(int cond, const char *what)
     }
 }
 
-static const char *const known[] = {"data-dir", "listen", "log-level", "log-format", "store", "node-name", NULL};
+static const char *const known[] = {"data-dir", "listen",    "log-level", "log-format",
+                                    "store",    "node-name", NULL};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

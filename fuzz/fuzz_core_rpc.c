@@ -104,7 +104,8 @@ static int run(const uint8_t *data, size_t n, size_t max, unsigned seed, buf_t *
         off += len;
         rpc_msg_t m;
         while ((rc = rpc_decoder_next(&d, &m, &err)) == 1) {
-            check(m.size <= (max < RPC_MAX_MESSAGE_MIN ? RPC_MAX_MESSAGE_MIN : max), "message over limit");
+            check(m.size <= (max < RPC_MAX_MESSAGE_MIN ? RPC_MAX_MESSAGE_MIN : max),
+                  "message over limit");
             check(m.channel >= 1, "channel 0 accepted");
             poke_accessors(&m);
             size_t before = log->len;
@@ -121,7 +122,8 @@ static int run(const uint8_t *data, size_t n, size_t max, unsigned seed, buf_t *
             /* compare encodings, not objects: NaN floats never compare equal */
             buf_t again = BUF_INIT(0);
             check(reencode(&m2, &again) == 0, "second re-encode failed");
-            check(again.len == log->len - before && memcmp(again.data, log->data + before, again.len) == 0,
+            check(again.len == log->len - before &&
+                      memcmp(again.data, log->data + before, again.len) == 0,
                   "round trip changed an argument");
             buf_free(&again);
             check(rpc_decoder_next(&d2, &m2, NULL) == 0, "re-encoding has trailing bytes");
@@ -158,7 +160,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rb = run(data, size, max, seed, &b, eb);
     check(ra == rb, "split changed the result");
     check(strcmp(ea, eb) == 0, "split changed the error message");
-    check(a.len == b.len && (a.len == 0 || memcmp(a.data, b.data, a.len) == 0), "split changed the messages");
+    check(a.len == b.len && (a.len == 0 || memcmp(a.data, b.data, a.len) == 0),
+          "split changed the messages");
     buf_free(&a);
     buf_free(&b);
     return 0;

@@ -47,8 +47,8 @@ static void main_process_usage(FILE *out, const char *verb)
     }
 }
 
-static const char *const main_config_keys[] = {"data-dir", "api", "store", "log-level",
-                                               "log-format", NULL};
+static const char *const main_config_keys[] = {"data-dir",  "api",        "store",
+                                               "log-level", "log-format", NULL};
 
 /* Parse `drover dev|server` flags. Returns 0, 1 for --help, or 2 on a
  * usage error (printed). */

@@ -53,7 +53,8 @@ void api_free(api_t *api)
 void api_reply_json(api_t *api, http_req_t *req, int status, json_t *body, int64_t index)
 {
     size_t len = 0;
-    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15)) : NULL;
+    char *text =
+        body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15)) : NULL;
     if (text)
         len = strlen(text);
     char idx[32];
@@ -85,8 +86,7 @@ void api_reply_raw_json(api_t *api, http_req_t *req, int status, const char *tex
     http_respond(req, status, hdrs, 2, text, len);
 }
 
-void api_reply_error(api_t *api, http_req_t *req, int status, json_t *errors, const char *fmt,
-                     ...)
+void api_reply_error(api_t *api, http_req_t *req, int status, json_t *errors, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -114,9 +114,9 @@ void api_reply_store_error(api_t *api, http_req_t *req, int status, const err_t 
 void api_reply_method_not_allowed(api_t *api, http_req_t *req, const char *allow)
 {
     json_t *body = json_object();
-    json_object_set_new(body, "error",
-                        json_sprintf("method %s not allowed on %s (allowed: %s)", req->method,
-                                     req->path, allow));
+    json_object_set_new(
+        body, "error",
+        json_sprintf("method %s not allowed on %s (allowed: %s)", req->method, req->path, allow));
     char *text = json_dumps(body, JSON_COMPACT);
     http_header_t hdrs[] = {{"Content-Type", "application/json"}, {"Allow", allow}};
     http_respond(req, 405, hdrs, 2, text, strlen(text));
@@ -148,10 +148,10 @@ static void api_status(api_t *api, http_req_t *req)
         api_reply_method_not_allowed(api, req, "GET, HEAD");
         return;
     }
-    json_t *body = json_pack("{s:s, s:I, s:s, s:I}", "version", API_VERSION_STRING, "revision",
-                             (json_int_t)store_revision(api->store), "store",
-                             api->opts.store_backend, "uptime_s",
-                             (json_int_t)((api_now_ms() - api->started_ms) / 1000));
+    json_t *body =
+        json_pack("{s:s, s:I, s:s, s:I}", "version", API_VERSION_STRING, "revision",
+                  (json_int_t)store_revision(api->store), "store", api->opts.store_backend,
+                  "uptime_s", (json_int_t)((api_now_ms() - api->started_ms) / 1000));
     api_reply_json(api, req, 200, body, 0);
 }
 

@@ -17,11 +17,11 @@ struct api {
 /* Store key layout. App ids and KV keys live under separate prefixes; a
  * version key uses '@', which no app id may contain, so one app's versions
  * never mix with another app whose id extends it. */
-#define API_APPS_PREFIX "/apps"
+#define API_APPS_PREFIX     "/apps"
 #define API_VERSIONS_PREFIX "/versions"
-#define API_KV_PREFIX "/kv/"
-#define API_KV_VALUE_MAX (512 * 1024)
-#define API_KV_KEY_MAX 512
+#define API_KV_PREFIX       "/kv/"
+#define API_KV_VALUE_MAX    (512 * 1024)
+#define API_KV_KEY_MAX      512
 
 /* Answer with `body` (stolen) as JSON, X-Drover-Index set to `index` (or the
  * store's current revision when 0). */

@@ -106,8 +106,7 @@ static void apps_get_done(int status, const err_t *err, const store_result_t *re
     else if (!op->n_kvs)
         api_reply_error(c->api, c->req, 404, NULL, "app %s not found", c->id);
     else
-        api_reply_raw_json(c->api, c->req, 200, op->kvs[0].value, op->kvs[0].value_len,
-                           res->rev);
+        api_reply_raw_json(c->api, c->req, 200, op->kvs[0].value, op->kvs[0].value_len, res->rev);
     app_call_free(c);
 }
 
@@ -117,8 +116,8 @@ static void apps_write_start(app_call_t *c);
 
 static json_t *apps_response(app_call_t *c, bool changed)
 {
-    json_t *body = json_pack("{s:s, s:I, s:b, s:O}", "id", c->id, "version",
-                             (json_int_t)c->version, "changed", changed, "warnings", c->warnings);
+    json_t *body = json_pack("{s:s, s:I, s:b, s:O}", "id", c->id, "version", (json_int_t)c->version,
+                             "changed", changed, "warnings", c->warnings);
     if (c->record)
         json_object_set(body, "app", c->record);
     return body;
@@ -136,11 +135,11 @@ static void apps_write_done(int status, const err_t *err, const store_result_t *
             apps_write_start(c);
             return;
         }
-        api_reply_error(c->api, c->req, 409, NULL,
-                        "app %s kept changing concurrently; try again", c->id);
+        api_reply_error(c->api, c->req, 409, NULL, "app %s kept changing concurrently; try again",
+                        c->id);
     } else {
-        log_info("api", "app %s %s, version %" PRId64, c->id,
-                 c->created ? "created" : "updated", c->version);
+        log_info("api", "app %s %s, version %" PRId64, c->id, c->created ? "created" : "updated",
+                 c->version);
         api_reply_json(c->api, c->req, c->created ? 201 : 200, apps_response(c, true), res->rev);
     }
     app_call_free(c);
@@ -162,10 +161,10 @@ static void apps_current_done(int status, const err_t *err, const store_result_t
     bool changed = !cur_spec || !json_equal(cur_spec, c->spec);
 
     if (c->dry_run) {
-        json_t *body = json_pack("{s:s, s:b, s:o, s:O, s:o, s:O}", "id", c->id, "changed",
-                                 changed, "current_version",
-                                 cur ? json_integer(cur_version) : json_null(), "spec", c->spec,
-                                 "diff", spec_diff(cur_spec, c->spec), "warnings", c->warnings);
+        json_t *body =
+            json_pack("{s:s, s:b, s:o, s:O, s:o, s:O}", "id", c->id, "changed", changed,
+                      "current_version", cur ? json_integer(cur_version) : json_null(), "spec",
+                      c->spec, "diff", spec_diff(cur_spec, c->spec), "warnings", c->warnings);
         api_reply_json(c->api, c->req, 200, body, res->rev);
         json_decref(cur);
         app_call_free(c);
@@ -188,9 +187,9 @@ static void apps_current_done(int status, const err_t *err, const store_result_t
     c->record = json_pack("{s:s, s:I, s:s, s:s, s:O, s:O}", "id", c->id, "version",
                           (json_int_t)c->version, "created_at", created_at ? created_at : now,
                           "updated_at", now, "spec", c->spec, "warnings", c->warnings);
-    json_t *vrec = json_pack("{s:s, s:I, s:s, s:O, s:O}", "id", c->id, "version",
-                             (json_int_t)c->version, "created_at", now, "spec", c->spec,
-                             "warnings", c->warnings);
+    json_t *vrec =
+        json_pack("{s:s, s:I, s:s, s:O, s:O}", "id", c->id, "version", (json_int_t)c->version,
+                  "created_at", now, "spec", c->spec, "warnings", c->warnings);
     json_decref(cur);
 
     size_t rec_len, vrec_len;
@@ -200,8 +199,8 @@ static void apps_current_done(int status, const err_t *err, const store_result_t
     char *vkey = apps_version_key(c->id, c->version);
     /* The app key must still be at the revision we read: otherwise another
      * writer made a version in between and ours would reuse its number. */
-    store_cmp_t cmp = {.key = c->app_key, .target = STORE_CMP_MOD, .op = STORE_CMP_EQ,
-                       .num = mod_rev};
+    store_cmp_t cmp = {
+        .key = c->app_key, .target = STORE_CMP_MOD, .op = STORE_CMP_EQ, .num = mod_rev};
     store_op_t ops[2] = {
         {.type = STORE_OP_PUT, .key = c->app_key, .value = rec_text, .value_len = rec_len},
         {.type = STORE_OP_PUT, .key = vkey, .value = vrec_text, .value_len = vrec_len},
@@ -302,8 +301,8 @@ static void apps_delete_done(int status, const err_t *err, const store_result_t 
 
 static void apps_delete(app_call_t *c)
 {
-    store_cmp_t cmp = {.key = c->app_key, .target = STORE_CMP_VERSION, .op = STORE_CMP_GT,
-                       .num = 0};
+    store_cmp_t cmp = {
+        .key = c->app_key, .target = STORE_CMP_VERSION, .op = STORE_CMP_GT, .num = 0};
     store_op_t ops[2] = {
         {.type = STORE_OP_DELETE, .key = c->app_key},
         {.type = STORE_OP_DELETE, .key = c->versions_prefix, .prefix = true},
@@ -317,8 +316,7 @@ static void apps_delete(app_call_t *c)
 
 /* ---- versions ---- */
 
-static void apps_versions_done(int status, const err_t *err, const store_result_t *res,
-                               void *data)
+static void apps_versions_done(int status, const err_t *err, const store_result_t *res, void *data)
 {
     app_call_t *c = data;
     if (status) {
@@ -337,9 +335,9 @@ static void apps_versions_done(int status, const err_t *err, const store_result_
         json_t *rec = apps_record_parse(&op->kvs[i]);
         if (!rec)
             continue;
-        json_array_append_new(list, json_pack("{s:O, s:O}", "version",
-                                              json_object_get(rec, "version"), "created_at",
-                                              json_object_get(rec, "created_at")));
+        json_array_append_new(list,
+                              json_pack("{s:O, s:O}", "version", json_object_get(rec, "version"),
+                                        "created_at", json_object_get(rec, "created_at")));
         json_decref(rec);
     }
     api_reply_json(c->api, c->req, 200, json_pack("{s:s, s:o}", "id", c->id, "versions", list),
@@ -357,8 +355,7 @@ static void apps_version_done(int status, const err_t *err, const store_result_t
         api_reply_error(c->api, c->req, 404, NULL, "app %s has no version %" PRId64, c->id,
                         c->version);
     else
-        api_reply_raw_json(c->api, c->req, 200, op->kvs[0].value, op->kvs[0].value_len,
-                           res->rev);
+        api_reply_raw_json(c->api, c->req, 200, op->kvs[0].value, op->kvs[0].value_len, res->rev);
     app_call_free(c);
 }
 

@@ -141,10 +141,10 @@ static void kv_read_done(int status, const err_t *err, const store_result_t *res
             }
             bool b64;
             json_t *val = kv_value_json(kv, &b64);
-            json_t *o = json_pack("{s:s, s:o, s:I, s:I, s:I}", "key", k,
-                                  b64 ? "value_base64" : "value", val, "create_revision",
-                                  (json_int_t)kv->create_rev, "mod_revision",
-                                  (json_int_t)kv->mod_rev, "version", (json_int_t)kv->version);
+            json_t *o =
+                json_pack("{s:s, s:o, s:I, s:I, s:I}", "key", k, b64 ? "value_base64" : "value",
+                          val, "create_revision", (json_int_t)kv->create_rev, "mod_revision",
+                          (json_int_t)kv->mod_rev, "version", (json_int_t)kv->version);
             json_array_append_new(arr, o);
         }
         api_reply_json(c->api, c->req, 200, arr, res->rev);
@@ -273,10 +273,9 @@ static void kv_write(kv_call_t *c, bool is_put)
         .value = c->req->body,
         .value_len = c->req->body_len,
     };
-    store_cmp_t cmp = {.key = c->skey, .target = STORE_CMP_MOD, .op = STORE_CMP_EQ,
-                       .num = c->cas};
-    int rc = store_txn(c->api->store, c->has_cas ? &cmp : NULL, c->has_cas ? 1 : 0, &op, 1, NULL,
-                       0, kv_write_done, c);
+    store_cmp_t cmp = {.key = c->skey, .target = STORE_CMP_MOD, .op = STORE_CMP_EQ, .num = c->cas};
+    int rc = store_txn(c->api->store, c->has_cas ? &cmp : NULL, c->has_cas ? 1 : 0, &op, 1, NULL, 0,
+                       kv_write_done, c);
     if (rc) {
         api_reply_store_error(c->api, c->req, rc, NULL);
         kv_call_free(c);

@@ -16,7 +16,10 @@ typedef struct buf {
     size_t max; /* bound on len; 0 means SIZE_MAX/2 */
 } buf_t;
 
-#define BUF_INIT(max_) {NULL, 0, 0, (max_)}
+#define BUF_INIT(max_)                                                                             \
+    {                                                                                              \
+        NULL, 0, 0, (max_)                                                                         \
+    }
 
 void buf_init(buf_t *b, size_t max);
 void buf_free(buf_t *b);

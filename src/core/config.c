@@ -124,7 +124,8 @@ typedef struct config_parser {
     err_t *err;
 } config_parser_t;
 
-static int config_perr(const config_parser_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int config_perr(const config_parser_t *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Error with the "file:line: " prefix every config error carries. */
 static int config_perr(const config_parser_t *p, const char *fmt, ...)
@@ -166,8 +167,9 @@ static int config_quoted(const config_parser_t *p, const char *s, const char *e,
                 char d[16];
                 config_char_desc(x, d, sizeof(d));
                 buf_free(&b);
-                return config_perr(p, "unknown escape \\ followed by %s in quoted value "
-                                      "(use \\\", \\\\ or \\n)",
+                return config_perr(p,
+                                   "unknown escape \\ followed by %s in quoted value "
+                                   "(use \\\", \\\\ or \\n)",
                                    d);
             }
         } else if ((unsigned char)ch < 0x20 && ch != '\t') {
@@ -419,21 +421,23 @@ int config_check_known(const config_t *c, const char *const *known, err_t *err)
             }
         }
         if (best)
-            return err_set(err, -EINVAL, "%s:%d: unknown key \"%s\" (did you mean \"%s\"?)", c->name,
-                           c->v[i].line, key, best);
+            return err_set(err, -EINVAL, "%s:%d: unknown key \"%s\" (did you mean \"%s\"?)",
+                           c->name, c->v[i].line, key, best);
         return err_set(err, -EINVAL, "%s:%d: unknown key \"%s\"", c->name, c->v[i].line, key);
     }
     return 0;
 }
 
 /* Common shape of a typed getter's failure. */
-static int config_bad_value(const config_t *c, const config_entry_t *e, const char *want, err_t *err)
+static int config_bad_value(const config_t *c, const config_entry_t *e, const char *want,
+                            err_t *err)
 {
-    return err_set(err, -EINVAL, "%s:%d: %s: expected %s, got \"%s\"", c->name, e->line, e->key, want,
-                   e->value);
+    return err_set(err, -EINVAL, "%s:%d: %s: expected %s, got \"%s\"", c->name, e->line, e->key,
+                   want, e->value);
 }
 
-int config_get_i64(const config_t *c, const char *key, int64_t min, int64_t max, int64_t *out, err_t *err)
+int config_get_i64(const config_t *c, const char *key, int64_t min, int64_t max, int64_t *out,
+                   err_t *err)
 {
     const config_entry_t *e = config_find(c, key);
     if (!e)
@@ -441,8 +445,8 @@ int config_get_i64(const config_t *c, const char *key, int64_t min, int64_t max,
     int64_t v;
     int rc = str_to_i64(e->value, min, max, &v);
     if (rc == -ERANGE)
-        return err_set(err, -EINVAL, "%s:%d: %s: %s is out of range [%lld, %lld]", c->name, e->line, key,
-                       e->value, (long long)min, (long long)max);
+        return err_set(err, -EINVAL, "%s:%d: %s: %s is out of range [%lld, %lld]", c->name, e->line,
+                       key, e->value, (long long)min, (long long)max);
     if (rc)
         return config_bad_value(c, e, "an integer", err);
     *out = v;

@@ -59,7 +59,8 @@ int config_check_known(const config_t *c, const char *const *known, err_t *err);
 /* Typed getters: leave *out alone and return 0 when key is not set (so the
  * caller's default stands); -EINVAL naming file, line, key and the expected
  * form when the value does not parse. */
-int config_get_i64(const config_t *c, const char *key, int64_t min, int64_t max, int64_t *out, err_t *err);
+int config_get_i64(const config_t *c, const char *key, int64_t min, int64_t max, int64_t *out,
+                   err_t *err);
 /* "250ms", "30s", "5m", "1h" or seconds, in milliseconds. */
 int config_get_duration_ms(const config_t *c, const char *key, int64_t *out, err_t *err);
 /* "512", "64k", "1m", "2g". */

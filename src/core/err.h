@@ -20,13 +20,11 @@ typedef struct err {
 /* Record an error and return `code` (a negative errno) so a failing path can
  * be written `return err_set(err, -EINVAL, "bad port %d", p);`. `err` may be
  * NULL. */
-int err_set(err_t *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int err_set(err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Prefix the existing message with more context ("reading config: ...").
  * Returns err->code (or `code` if err is NULL). */
-int err_wrap(err_t *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int err_wrap(err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 void err_clear(err_t *err);
 

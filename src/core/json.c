@@ -11,7 +11,8 @@
 
 char *json_canonical(const json_t *v, size_t *len)
 {
-    char *s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+    char *s =
+        json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
     if (!s)
         s = xstrdup("null");
     /* jansson allocates with malloc (its default allocator), so callers

@@ -94,15 +94,16 @@ void log_write(log_level_t level, const char *module, const char *fmt, ...)
     char line[4096];
     size_t pos;
     if (atomic_load(&log_fmt) == LOG_JSON) {
-        int n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"module\":\"",
-                         when, log_names[level]);
+        int n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"module\":\"", when,
+                         log_names[level]);
         pos = (size_t)n;
         pos = log_json_escape(line, pos, sizeof(line), module);
         pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "\",\"msg\":\"");
         pos = log_json_escape(line, pos, sizeof(line) - 4, msg);
         pos += (size_t)snprintf(line + pos, sizeof(line) - pos, "\"}\n");
     } else {
-        int n = snprintf(line, sizeof(line), "%s %-5s %s: %s\n", when, log_names[level], module, msg);
+        int n =
+            snprintf(line, sizeof(line), "%s %-5s %s: %s\n", when, log_names[level], module, msg);
         pos = n < 0 ? 0 : (size_t)n;
         if (pos >= sizeof(line)) {
             pos = sizeof(line) - 1;

@@ -25,10 +25,13 @@ int log_enabled(log_level_t level);
 void log_write(log_level_t level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define log_debug(mod, ...) \
-    do { if (log_enabled(LOG_DEBUG)) log_write(LOG_DEBUG, mod, __VA_ARGS__); } while (0)
-#define log_info(mod, ...) log_write(LOG_INFO, mod, __VA_ARGS__)
-#define log_warn(mod, ...) log_write(LOG_WARN, mod, __VA_ARGS__)
+#define log_debug(mod, ...)                                                                        \
+    do {                                                                                           \
+        if (log_enabled(LOG_DEBUG))                                                                \
+            log_write(LOG_DEBUG, mod, __VA_ARGS__);                                                \
+    } while (0)
+#define log_info(mod, ...)  log_write(LOG_INFO, mod, __VA_ARGS__)
+#define log_warn(mod, ...)  log_write(LOG_WARN, mod, __VA_ARGS__)
 #define log_error(mod, ...) log_write(LOG_ERROR, mod, __VA_ARGS__)
 
 #endif

@@ -67,9 +67,19 @@ static rpc_scan_rc_t rpc_scan_object(rpc_scan_t *s, bool container, uint64_t cou
 static unsigned rpc_scan_len_bytes(unsigned char c)
 {
     switch (c) {
-    case 0xc4: case 0xc7: case 0xd9: return 1;
-    case 0xc5: case 0xc8: case 0xda: case 0xdc: case 0xde: return 2;
-    case 0xc6: case 0xc9: case 0xdb: case 0xdd: case 0xdf: return 4;
+    case 0xc4:
+    case 0xc7:
+    case 0xd9: return 1;
+    case 0xc5:
+    case 0xc8:
+    case 0xda:
+    case 0xdc:
+    case 0xde: return 2;
+    case 0xc6:
+    case 0xc9:
+    case 0xdb:
+    case 0xdd:
+    case 0xdf: return 4;
     default: return 0;
     }
 }
@@ -88,10 +98,14 @@ static rpc_scan_rc_t rpc_scan_first(rpc_scan_t *s, unsigned char c, uint64_t max
     switch (c) {
     case 0xca: return rpc_scan_object(s, false, 0, 4, max);
     case 0xcb: return rpc_scan_object(s, false, 0, 8, max);
-    case 0xcc: case 0xd0: return rpc_scan_object(s, false, 0, 1, max);
-    case 0xcd: case 0xd1: return rpc_scan_object(s, false, 0, 2, max);
-    case 0xce: case 0xd2: return rpc_scan_object(s, false, 0, 4, max);
-    case 0xcf: case 0xd3: return rpc_scan_object(s, false, 0, 8, max);
+    case 0xcc:
+    case 0xd0: return rpc_scan_object(s, false, 0, 1, max);
+    case 0xcd:
+    case 0xd1: return rpc_scan_object(s, false, 0, 2, max);
+    case 0xce:
+    case 0xd2: return rpc_scan_object(s, false, 0, 4, max);
+    case 0xcf:
+    case 0xd3: return rpc_scan_object(s, false, 0, 8, max);
     case 0xd4: return rpc_scan_object(s, false, 0, 1 + 1, max);
     case 0xd5: return rpc_scan_object(s, false, 0, 1 + 2, max);
     case 0xd6: return rpc_scan_object(s, false, 0, 1 + 4, max);
@@ -115,9 +129,13 @@ static rpc_scan_rc_t rpc_scan_header(rpc_scan_t *s, uint64_t max)
     uint64_t len = rpc_be(s->hdr + 1, s->hdr_need - 1);
     s->hdr_need = s->hdr_len = 0;
     switch (c) {
-    case 0xc7: case 0xc8: case 0xc9: return rpc_scan_object(s, false, 0, len + 1, max);
-    case 0xdc: case 0xdd: return rpc_scan_object(s, true, len, 0, max);
-    case 0xde: case 0xdf: return rpc_scan_object(s, true, 2 * len, 0, max);
+    case 0xc7:
+    case 0xc8:
+    case 0xc9: return rpc_scan_object(s, false, 0, len + 1, max);
+    case 0xdc:
+    case 0xdd: return rpc_scan_object(s, true, len, 0, max);
+    case 0xde:
+    case 0xdf: return rpc_scan_object(s, true, 2 * len, 0, max);
     default: return rpc_scan_object(s, false, 0, len, max); /* str, bin */
     }
 }
@@ -226,10 +244,10 @@ int rpc_decoder_feed(rpc_decoder_t *d, const void *bytes, size_t n)
     d->complete += completed;
     const rpc_scan_t *s = &d->scan;
     switch (src) {
-    case RPC_SCAN_OK:
-        return 0;
+    case RPC_SCAN_OK: return 0;
     case RPC_SCAN_BAD_BYTE:
-        rpc_decoder_fail(d, -EPROTO, "message %" PRIu64 ": not msgpack (byte 0xc1 at offset %" PRIu64 ")",
+        rpc_decoder_fail(d, -EPROTO,
+                         "message %" PRIu64 ": not msgpack (byte 0xc1 at offset %" PRIu64 ")",
                          s->messages, s->msg_bytes - 1);
         break;
     case RPC_SCAN_TOO_DEEP:
@@ -285,18 +303,22 @@ static int rpc_msg_check(rpc_decoder_t *d, const msgpack_object *o, rpc_msg_t *m
 {
     uint64_t idx = m->index;
     if (o->type != MSGPACK_OBJECT_ARRAY)
-        return rpc_msg_fail(d, idx, " is %s, expected an array [channel, type, args]", rpc_object_type_name(o));
+        return rpc_msg_fail(d, idx, " is %s, expected an array [channel, type, args]",
+                            rpc_object_type_name(o));
     const msgpack_object_array *a = &o->via.array;
     if (a->size != 3 && a->size != 4)
-        return rpc_msg_fail(d, idx, " has %" PRIu32 " elements, expected 3 or 4 [channel, type, args, headers]",
-                            a->size);
+        return rpc_msg_fail(
+            d, idx, " has %" PRIu32 " elements, expected 3 or 4 [channel, type, args, headers]",
+            a->size);
     const msgpack_object *ch = &a->ptr[0], *ty = &a->ptr[1], *args = &a->ptr[2];
     if (ch->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return rpc_msg_fail(d, idx, ": channel is %s, expected a positive integer", rpc_object_type_name(ch));
+        return rpc_msg_fail(d, idx, ": channel is %s, expected a positive integer",
+                            rpc_object_type_name(ch));
     if (ch->via.u64 == 0)
         return rpc_msg_fail(d, idx, ": channel is 0, expected a positive integer");
     if (ty->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return rpc_msg_fail(d, idx, ": type is %s, expected an unsigned integer", rpc_object_type_name(ty));
+        return rpc_msg_fail(d, idx, ": type is %s, expected an unsigned integer",
+                            rpc_object_type_name(ty));
     if (args->type != MSGPACK_OBJECT_ARRAY)
         return rpc_msg_fail(d, idx, ": args is %s, expected an array", rpc_object_type_name(args));
     m->channel = ch->via.u64;
@@ -314,7 +336,8 @@ static int rpc_msg_check(rpc_decoder_t *d, const msgpack_object *o, rpc_msg_t *m
     for (uint32_t i = 0; i < h->via.array.size; i++) {
         const msgpack_object *p = &h->via.array.ptr[i];
         if (p->type != MSGPACK_OBJECT_ARRAY || p->via.array.size != 2)
-            return rpc_msg_fail(d, idx, ": header %" PRIu32 " is %s, expected a [name, value] pair", i,
+            return rpc_msg_fail(d, idx, ": header %" PRIu32 " is %s, expected a [name, value] pair",
+                                i,
                                 p->type == MSGPACK_OBJECT_ARRAY ? "an array of another size"
                                                                 : rpc_object_type_name(p));
         const msgpack_object *name = &p->via.array.ptr[0], *val = &p->via.array.ptr[1];
@@ -322,7 +345,8 @@ static int rpc_msg_check(rpc_decoder_t *d, const msgpack_object *o, rpc_msg_t *m
             return rpc_msg_fail(d, idx, ": header %" PRIu32 " name is %s, expected a string", i,
                                 rpc_object_type_name(name));
         if (val->type != MSGPACK_OBJECT_STR && val->type != MSGPACK_OBJECT_BIN)
-            return rpc_msg_fail(d, idx, ": header %" PRIu32 " value is %s, expected a string or binary", i,
+            return rpc_msg_fail(d, idx,
+                                ": header %" PRIu32 " value is %s, expected a string or binary", i,
                                 rpc_object_type_name(val));
     }
     m->nheaders = h->via.array.size;
@@ -359,8 +383,8 @@ int rpc_decoder_next(rpc_decoder_t *d, rpc_msg_t *msg, err_t *err)
          * a bug somewhere; fail the stream rather than guess. */
         msgpack_unpacked_destroy(&d->result);
         d->rc_pending = false;
-        rpc_decoder_fail(d, -EPROTO, "message %" PRIu64 ": msgpack-c could not decode it (%d)", d->taken,
-                         (int)ret);
+        rpc_decoder_fail(d, -EPROTO, "message %" PRIu64 ": msgpack-c could not decode it (%d)",
+                         d->taken, (int)ret);
         return rpc_decoder_error(d, err);
     }
     d->buffered -= size < d->buffered ? size : d->buffered;
@@ -407,7 +431,8 @@ void rpc_enc_begin(rpc_enc_t *e, buf_t *out, uint64_t channel, uint64_t type, ui
     msgpack_pack_array(&e->pk, nargs);
 }
 
-static void rpc_enc_header_any(rpc_enc_t *e, const char *name, const void *value, size_t len, bool bin)
+static void rpc_enc_header_any(rpc_enc_t *e, const char *name, const void *value, size_t len,
+                               bool bin)
 {
     if (!e->hdr_started) {
         e->hdr_started = true;
@@ -448,7 +473,8 @@ int rpc_enc_end(rpc_enc_t *e)
         size_t good;
         uint64_t completed;
         const unsigned char *p = (const unsigned char *)out->data + e->start;
-        rpc_scan_rc_t src = rpc_scan_feed(&s, p, out->len - e->start, UINT64_MAX, &good, &completed);
+        rpc_scan_rc_t src =
+            rpc_scan_feed(&s, p, out->len - e->start, UINT64_MAX, &good, &completed);
         if (src != RPC_SCAN_OK || completed != 1 || good != out->len - e->start)
             e->rc = -EINVAL;
     }
@@ -469,7 +495,8 @@ static long rpc_fmt_count(const char *f)
     int depth = 0;
     for (; *f; f++) {
         switch (*f) {
-        case ' ': case ',': break;
+        case ' ':
+        case ',': break;
         case '[':
             if (depth == 0)
                 n++;
@@ -480,8 +507,16 @@ static long rpc_fmt_count(const char *f)
                 return n;
             depth--;
             break;
-        case 'u': case 'U': case 'd': case 'D': case 's': case 'S':
-        case 'b': case 't': case 'n': case 'o':
+        case 'u':
+        case 'U':
+        case 'd':
+        case 'D':
+        case 's':
+        case 'S':
+        case 'b':
+        case 't':
+        case 'n':
+        case 'o':
             if (depth == 0)
                 n++;
             break;
@@ -501,7 +536,8 @@ static int rpc_fmt_pack(rpc_enc_t *e, const char **fmt, va_list *ap, bool nested
             return nested ? -EINVAL : 0;
         (*fmt)++;
         switch (c) {
-        case ' ': case ',': break;
+        case ' ':
+        case ',': break;
         case ']': return nested ? 0 : -EINVAL;
         case '[': {
             long n = rpc_fmt_count(*fmt);
@@ -603,18 +639,19 @@ int rpc_args_count(const rpc_msg_t *m, size_t min, size_t max, err_t *err)
     if (m->nargs >= min && m->nargs <= max)
         return 0;
     if (min == max)
-        return err_set(err, -EINVAL, "expected %zu argument%s, got %zu", min, min == 1 ? "" : "s", m->nargs);
-    if (max == SIZE_MAX)
-        return err_set(err, -EINVAL, "expected at least %zu argument%s, got %zu", min, min == 1 ? "" : "s",
+        return err_set(err, -EINVAL, "expected %zu argument%s, got %zu", min, min == 1 ? "" : "s",
                        m->nargs);
+    if (max == SIZE_MAX)
+        return err_set(err, -EINVAL, "expected at least %zu argument%s, got %zu", min,
+                       min == 1 ? "" : "s", m->nargs);
     return err_set(err, -EINVAL, "expected %zu to %zu arguments, got %zu", min, max, m->nargs);
 }
 
 int rpc_arg(const rpc_msg_t *m, size_t i, const msgpack_object **out, err_t *err)
 {
     if (i >= m->nargs)
-        return err_set(err, -EINVAL, "argument %zu is missing (message has %zu argument%s)", i, m->nargs,
-                       m->nargs == 1 ? "" : "s");
+        return err_set(err, -EINVAL, "argument %zu is missing (message has %zu argument%s)", i,
+                       m->nargs, m->nargs == 1 ? "" : "s");
     *out = &m->args[i];
     return 0;
 }
@@ -622,14 +659,16 @@ int rpc_arg(const rpc_msg_t *m, size_t i, const msgpack_object **out, err_t *err
 /* Fetch argument i and check its type in one step, so every accessor gives
  * the same "argument N is X, expected Y" message. */
 static const msgpack_object *rpc_arg_typed(const rpc_msg_t *m, size_t i, msgpack_object_type t1,
-                                           msgpack_object_type t2, const char *want, int *rc, err_t *err)
+                                           msgpack_object_type t2, const char *want, int *rc,
+                                           err_t *err)
 {
     const msgpack_object *o = NULL;
     *rc = rpc_arg(m, i, &o, err);
     if (*rc)
         return NULL;
     if (o->type != t1 && o->type != t2) {
-        *rc = err_set(err, -EINVAL, "argument %zu is %s, expected %s", i, rpc_object_type_name(o), want);
+        *rc = err_set(err, -EINVAL, "argument %zu is %s, expected %s", i, rpc_object_type_name(o),
+                      want);
         return NULL;
     }
     return o;
@@ -669,8 +708,9 @@ int rpc_arg_bytes(const rpc_msg_t *m, size_t i, const char **p, size_t *len, err
 int rpc_arg_uint(const rpc_msg_t *m, size_t i, uint64_t *out, err_t *err)
 {
     int rc;
-    const msgpack_object *o = rpc_arg_typed(m, i, MSGPACK_OBJECT_POSITIVE_INTEGER,
-                                            MSGPACK_OBJECT_POSITIVE_INTEGER, "an unsigned integer", &rc, err);
+    const msgpack_object *o =
+        rpc_arg_typed(m, i, MSGPACK_OBJECT_POSITIVE_INTEGER, MSGPACK_OBJECT_POSITIVE_INTEGER,
+                      "an unsigned integer", &rc, err);
     if (!o)
         return rc;
     *out = o->via.u64;
@@ -680,13 +720,15 @@ int rpc_arg_uint(const rpc_msg_t *m, size_t i, uint64_t *out, err_t *err)
 int rpc_arg_int(const rpc_msg_t *m, size_t i, int64_t *out, err_t *err)
 {
     int rc;
-    const msgpack_object *o = rpc_arg_typed(m, i, MSGPACK_OBJECT_POSITIVE_INTEGER,
-                                            MSGPACK_OBJECT_NEGATIVE_INTEGER, "an integer", &rc, err);
+    const msgpack_object *o =
+        rpc_arg_typed(m, i, MSGPACK_OBJECT_POSITIVE_INTEGER, MSGPACK_OBJECT_NEGATIVE_INTEGER,
+                      "an integer", &rc, err);
     if (!o)
         return rc;
     if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         if (o->via.u64 > INT64_MAX)
-            return err_set(err, -EINVAL, "argument %zu is %" PRIu64 ", too large for a signed integer", i,
+            return err_set(err, -EINVAL,
+                           "argument %zu is %" PRIu64 ", too large for a signed integer", i,
                            o->via.u64);
         *out = (int64_t)o->via.u64;
     } else {
@@ -720,7 +762,8 @@ int rpc_arg_array(const rpc_msg_t *m, size_t i, const msgpack_object_array **out
 int rpc_arg_map(const rpc_msg_t *m, size_t i, const msgpack_object_map **out, err_t *err)
 {
     int rc;
-    const msgpack_object *o = rpc_arg_typed(m, i, MSGPACK_OBJECT_MAP, MSGPACK_OBJECT_MAP, "a map", &rc, err);
+    const msgpack_object *o =
+        rpc_arg_typed(m, i, MSGPACK_OBJECT_MAP, MSGPACK_OBJECT_MAP, "a map", &rc, err);
     if (!o)
         return rc;
     *out = &o->via.map;
@@ -773,7 +816,8 @@ uint64_t rpc_channels_next(rpc_channels_t *c)
 int rpc_channels_open(rpc_channels_t *c, uint64_t id, err_t *err)
 {
     if (id < c->last)
-        return err_set(err, -EPROTO, "channel %" PRIu64 " goes backwards (last %" PRIu64 ")", id, c->last);
+        return err_set(err, -EPROTO, "channel %" PRIu64 " goes backwards (last %" PRIu64 ")", id,
+                       c->last);
     if (id == c->last)
         return err_set(err, -EPROTO, "channel %" PRIu64 " reused (last %" PRIu64 ")", id, c->last);
     c->last = id;

@@ -61,7 +61,7 @@
 /* Default bound on one encoded message. Writers keep chunks of streamed data
  * (HTTP bodies, logs) at or below RPC_CHUNK_MAX so a message always fits. */
 #define RPC_MAX_MESSAGE_DEFAULT ((size_t)4 << 20)
-#define RPC_CHUNK_MAX ((size_t)1 << 20)
+#define RPC_CHUNK_MAX           ((size_t)1 << 20)
 /* Smallest limit a decoder accepts (a message is at least 4 bytes). */
 #define RPC_MAX_MESSAGE_MIN ((size_t)16)
 /* Containers nest at most this deep in one message (msgpack-c's own limit). */
@@ -99,11 +99,11 @@ enum rpc_locator_method {
 };
 /* Categories of the [category, code] pair of an error message. */
 enum rpc_error_category {
-    RPC_ECAT_PROTOCOL = 1,   /* malformed message or session misuse */
-    RPC_ECAT_LOCATOR = 2,    /* name not found, no endpoints */
-    RPC_ECAT_ENGINE = 3,     /* queue full, spawn failure, timeouts */
-    RPC_ECAT_WORKER = 4,     /* worker died or was terminated */
-    RPC_ECAT_APP = 5,        /* the application reported an error */
+    RPC_ECAT_PROTOCOL = 1, /* malformed message or session misuse */
+    RPC_ECAT_LOCATOR = 2,  /* name not found, no endpoints */
+    RPC_ECAT_ENGINE = 3,   /* queue full, spawn failure, timeouts */
+    RPC_ECAT_WORKER = 4,   /* worker died or was terminated */
+    RPC_ECAT_APP = 5,      /* the application reported an error */
 };
 
 /* One decoded message. All pointers reference decoder-owned memory valid
@@ -134,15 +134,15 @@ typedef struct rpc_header {
  * array's header: 5 bytes claiming 2^32 elements would otherwise cost
  * gigabytes. Internal to rpc.c; public only so the decoder can be embedded. */
 typedef struct rpc_scan {
-    uint64_t msg_bytes;  /* bytes of the current message seen so far */
-    uint64_t pending;    /* objects announced but not started */
-    uint64_t skip;       /* payload bytes to pass over */
+    uint64_t msg_bytes;               /* bytes of the current message seen so far */
+    uint64_t pending;                 /* objects announced but not started */
+    uint64_t skip;                    /* payload bytes to pass over */
     uint64_t left[RPC_MAX_DEPTH + 1]; /* objects left per open level */
-    unsigned depth;      /* open levels; 0 between messages */
+    unsigned depth;                   /* open levels; 0 between messages */
     unsigned char hdr[9];
-    unsigned hdr_len;    /* header bytes collected */
-    unsigned hdr_need;   /* header bytes needed; 0 when not in a header */
-    uint64_t messages;   /* messages started */
+    unsigned hdr_len;  /* header bytes collected */
+    unsigned hdr_need; /* header bytes needed; 0 when not in a header */
+    uint64_t messages; /* messages started */
 } rpc_scan_t;
 
 typedef struct rpc_decoder {

@@ -8,10 +8,10 @@
 #include <stdint.h>
 
 typedef struct server_options {
-    const char *data_dir; /* created if missing; holds store.db */
-    const char *api_addr; /* "127.0.0.1:7400" */
+    const char *data_dir;      /* created if missing; holds store.db */
+    const char *api_addr;      /* "127.0.0.1:7400" */
     const char *store_backend; /* "sqlite" */
-    const char *mode;     /* "dev" or "server", for logs */
+    const char *mode;          /* "dev" or "server", for logs */
     uint64_t shutdown_grace_ms;
 } server_options_t;
 

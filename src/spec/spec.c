@@ -30,38 +30,38 @@
  * Defaults (Marathon's where Marathon has one; see docs/spec.md)
  * ------------------------------------------------------------------------ */
 
-#define DEF_INSTANCES 1
-#define DEF_CPUS 1
-#define DEF_MEM 128
-#define DEF_DISK 0
+#define DEF_INSTANCES       1
+#define DEF_CPUS            1
+#define DEF_MEM             128
+#define DEF_DISK            0
 #define DEF_BACKOFF_SECONDS 1
-#define DEF_BACKOFF_FACTOR 1.15
+#define DEF_BACKOFF_FACTOR  1.15
 /* Marathon >= 1.8 (PR #6686 lowered it from 3600). */
 #define DEF_MAX_LAUNCH_DELAY 300
 /* Marathon has none and leaves it to Mesos, whose executors escalate to
  * SIGKILL 3 s after SIGTERM; drover makes that explicit. */
-#define DEF_KILL_GRACE 3
-#define DEF_HC_GRACE 300
-#define DEF_HC_INTERVAL 60
-#define DEF_HC_TIMEOUT 20
+#define DEF_KILL_GRACE      3
+#define DEF_HC_GRACE        300
+#define DEF_HC_INTERVAL     60
+#define DEF_HC_TIMEOUT      20
 #define DEF_HC_MAX_FAILURES 3
-#define DEF_HC_DELAY 15
+#define DEF_HC_DELAY        15
 /* Cocaine's engine profile defaults. */
-#define DEF_POOL_LIMIT 10
-#define DEF_QUEUE_LIMIT 100
-#define DEF_CONCURRENCY 10
-#define DEF_IDLE_TIMEOUT 600
-#define DEF_SPAWN_TIMEOUT 1
+#define DEF_POOL_LIMIT        10
+#define DEF_QUEUE_LIMIT       100
+#define DEF_CONCURRENCY       10
+#define DEF_IDLE_TIMEOUT      600
+#define DEF_SPAWN_TIMEOUT     1
 #define DEF_HANDSHAKE_TIMEOUT 5
 #define DEF_HEARTBEAT_TIMEOUT 30
 #define DEF_TERMINATE_TIMEOUT 10
-#define DEF_REQUEST_TIMEOUT 86400
-#define DEF_CRASHLOG_LIMIT 50
-#define DEF_WORKER_EVENT "http"
+#define DEF_REQUEST_TIMEOUT   86400
+#define DEF_CRASHLOG_LIMIT    50
+#define DEF_WORKER_EVENT      "http"
 
-#define NOMAX 1e308
-#define I32MAX 2147483647.0
-#define TIMEOUT_MAX 31536000.0 /* a year, in seconds */
+#define NOMAX         1e308
+#define I32MAX        2147483647.0
+#define TIMEOUT_MAX   31536000.0 /* a year, in seconds */
 #define KV_PREFIX_MAX 1024
 
 /* ------------------------------------------------------------------------
@@ -137,16 +137,46 @@ static void check_config(vctx_t *c, const json_t *v);
 static void check_artifact(vctx_t *c, const json_t *v);
 static void check_group(vctx_t *c, const json_t *v);
 
-#define F_STR(n, fl) {.name = (n), .type = FT_STR, .flags = (fl)}
-#define F_STRC(n, fl, fn) {.name = (n), .type = FT_STR, .flags = (fl), .check = (fn)}
-#define F_BOOL(n) {.name = (n), .type = FT_BOOL}
-#define F_INT(n, lo, hi) {.name = (n), .type = FT_INT, .min = (lo), .max = (hi)}
-#define F_NUM(n, fl, lo, hi) {.name = (n), .type = FT_NUM, .flags = (fl), .min = (lo), .max = (hi)}
-#define F_ENUM(n, fl, vals) {.name = (n), .type = FT_ENUM, .flags = (fl), .values = (vals)}
-#define F_OBJ(n, fl, k) {.name = (n), .type = FT_OBJ, .flags = (fl), .sub = (k)}
-#define F_OBJARR(n, k) {.name = (n), .type = FT_OBJARR, .sub = (k)}
-#define F_TYPE(n, t, fl) {.name = (n), .type = (t), .flags = (fl)}
-#define F_END {.name = NULL}
+#define F_STR(n, fl)                                                                               \
+    {                                                                                              \
+        .name = (n), .type = FT_STR, .flags = (fl)                                                 \
+    }
+#define F_STRC(n, fl, fn)                                                                          \
+    {                                                                                              \
+        .name = (n), .type = FT_STR, .flags = (fl), .check = (fn)                                  \
+    }
+#define F_BOOL(n)                                                                                  \
+    {                                                                                              \
+        .name = (n), .type = FT_BOOL                                                               \
+    }
+#define F_INT(n, lo, hi)                                                                           \
+    {                                                                                              \
+        .name = (n), .type = FT_INT, .min = (lo), .max = (hi)                                      \
+    }
+#define F_NUM(n, fl, lo, hi)                                                                       \
+    {                                                                                              \
+        .name = (n), .type = FT_NUM, .flags = (fl), .min = (lo), .max = (hi)                       \
+    }
+#define F_ENUM(n, fl, vals)                                                                        \
+    {                                                                                              \
+        .name = (n), .type = FT_ENUM, .flags = (fl), .values = (vals)                              \
+    }
+#define F_OBJ(n, fl, k)                                                                            \
+    {                                                                                              \
+        .name = (n), .type = FT_OBJ, .flags = (fl), .sub = (k)                                     \
+    }
+#define F_OBJARR(n, k)                                                                             \
+    {                                                                                              \
+        .name = (n), .type = FT_OBJARR, .sub = (k)                                                 \
+    }
+#define F_TYPE(n, t, fl)                                                                           \
+    {                                                                                              \
+        .name = (n), .type = (t), .flags = (fl)                                                    \
+    }
+#define F_END                                                                                      \
+    {                                                                                              \
+        .name = NULL                                                                               \
+    }
 
 static const field_t s_app[] = {
     F_TYPE("id", FT_ID, F_REQUIRED),
@@ -219,18 +249,12 @@ static const field_t s_portdef[] = {
 };
 
 static const field_t s_health[] = {
-    F_ENUM("protocol", 0, v_hcproto),
-    F_STRC("path", F_NONEMPTY, check_abs_path),
-    F_INT("portIndex", 0, 65535),
-    F_INT("port", 0, 65535),
-    F_INT("gracePeriodSeconds", 0, I32MAX),
-    F_INT("intervalSeconds", 1, I32MAX),
-    F_INT("timeoutSeconds", 1, I32MAX),
-    F_INT("maxConsecutiveFailures", 0, I32MAX),
-    F_INT("delaySeconds", 0, I32MAX),
-    F_BOOL("ignoreHttp1xx"),
-    F_OBJ("command", 0, K_HCCMD),
-    F_END,
+    F_ENUM("protocol", 0, v_hcproto),       F_STRC("path", F_NONEMPTY, check_abs_path),
+    F_INT("portIndex", 0, 65535),           F_INT("port", 0, 65535),
+    F_INT("gracePeriodSeconds", 0, I32MAX), F_INT("intervalSeconds", 1, I32MAX),
+    F_INT("timeoutSeconds", 1, I32MAX),     F_INT("maxConsecutiveFailures", 0, I32MAX),
+    F_INT("delaySeconds", 0, I32MAX),       F_BOOL("ignoreHttp1xx"),
+    F_OBJ("command", 0, K_HCCMD),           F_END,
 };
 
 static const field_t s_hccmd[] = {
@@ -355,20 +379,13 @@ static bool json_empty(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_NULL:
-    case JSON_FALSE:
-        return true;
-    case JSON_INTEGER:
-        return json_integer_value(v) == 0;
-    case JSON_REAL:
-        return json_real_value(v) == 0;
-    case JSON_STRING:
-        return json_string_length(v) == 0;
-    case JSON_ARRAY:
-        return json_array_size(v) == 0;
-    case JSON_OBJECT:
-        return json_object_size(v) == 0;
-    default:
-        return false;
+    case JSON_FALSE: return true;
+    case JSON_INTEGER: return json_integer_value(v) == 0;
+    case JSON_REAL: return json_real_value(v) == 0;
+    case JSON_STRING: return json_string_length(v) == 0;
+    case JSON_ARRAY: return json_array_size(v) == 0;
+    case JSON_OBJECT: return json_object_size(v) == 0;
+    default: return false;
     }
 }
 
@@ -376,7 +393,7 @@ static bool json_empty(const json_t *v)
  * cut, so a hostile value can neither blow up the message nor make it
  * invalid UTF-8 (jansson would then refuse the error object). */
 #define QV_CAP 200
-#define QV(s) qv((char[QV_CAP]){0}, (s))
+#define QV(s)  qv((char[QV_CAP]){0}, (s))
 static const char *qv(char *out, const char *s)
 {
     size_t o = 0, i = 0;
@@ -472,8 +489,8 @@ typedef struct facts {
     const json_t *dmaps;    /* container.docker.portMappings */
     const json_t *cmaps;    /* container.portMappings */
     const json_t *mappings; /* the port mappings in effect (one of the two) */
-    const char *ctype;      /* canonical container.type, "DOCKER" by default; NULL without container */
-    const char *network;    /* canonical network; NULL when there is neither docker nor mappings */
+    const char *ctype;   /* canonical container.type, "DOCKER" by default; NULL without container */
+    const char *network; /* canonical network; NULL when there is neither docker nor mappings */
     bool network_given;
     bool mapped; /* ports come from port mappings (BRIDGE or USER networking) */
     size_t n_ports;
@@ -647,8 +664,8 @@ static void check_host(vctx_t *c, const json_t *v)
         if (ch == '.') {
             ok = label > 0 && q[-1] != '-';
             label = 0;
-        } else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                   ch == '-') {
+        } else if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                   (ch >= '0' && ch <= '9') || ch == '-') {
             ok = !(ch == '-' && label == 0) && ++label <= 63;
         } else {
             ok = false;
@@ -825,7 +842,8 @@ static void check_strmap(vctx_t *c, const json_t *v, bool env)
     }
     const char *key;
     json_t *val;
-    json_object_foreach ((json_t *)v, key, val) {
+    json_object_foreach((json_t *)v, key, val)
+    {
         size_t m = push_key(c, key);
         if (!*key || (env && strchr(key, '=')))
             verr(c, env ? "a variable name must be non-empty and contain no '='"
@@ -892,9 +910,7 @@ static void validate_value(vctx_t *c, const field_t *f, const json_t *v)
             enum_err(c, "", f->values, json_string_value(v));
         }
         break;
-    case FT_OBJ:
-        validate_object(c, f->sub, v);
-        break;
+    case FT_OBJ: validate_object(c, f->sub, v); break;
     case FT_OBJARR:
         if (!json_is_array(v)) {
             verr(c, "must be an array of objects");
@@ -906,12 +922,8 @@ static void validate_value(vctx_t *c, const field_t *f, const json_t *v)
             pop(c, m);
         }
         break;
-    case FT_STRMAP:
-        check_strmap(c, v, false);
-        break;
-    case FT_ENV:
-        check_strmap(c, v, true);
-        break;
+    case FT_STRMAP: check_strmap(c, v, false); break;
+    case FT_ENV: check_strmap(c, v, true); break;
     case FT_STRARR:
         if (!json_is_array(v)) {
             verr(c, "must be an array of strings");
@@ -941,11 +953,8 @@ static void validate_value(vctx_t *c, const field_t *f, const json_t *v)
             pop(c, m);
         }
         break;
-    case FT_CONSTRAINTS:
-        check_constraints(c, v);
-        break;
-    case FT_DROP:
-        break;
+    case FT_CONSTRAINTS: check_constraints(c, v); break;
+    case FT_DROP: break;
     case FT_ID: {
         if (!json_is_string(v)) {
             verr(c, "must be a string such as \"/production/test-server\"");
@@ -971,7 +980,8 @@ static void validate_object(vctx_t *c, kind_t k, const json_t *o)
     }
     const char *key;
     json_t *v;
-    json_object_foreach ((json_t *)o, key, v) {
+    json_object_foreach((json_t *)o, key, v)
+    {
         size_t m = push_key(c, key);
         const field_t *f = find_field(k, key);
         if (f) {
@@ -1020,12 +1030,12 @@ static facts_t compute_facts(const json_t *app)
     f.container = json_is_object(get(app, "container")) ? get(app, "container") : NULL;
     f.docker = json_is_object(get(f.container, "docker")) ? get(f.container, "docker") : NULL;
     f.dmaps = json_is_array(get(f.docker, "portMappings")) ? get(f.docker, "portMappings") : NULL;
-    f.cmaps = json_is_array(get(f.container, "portMappings")) ? get(f.container, "portMappings")
-                                                                : NULL;
+    f.cmaps =
+        json_is_array(get(f.container, "portMappings")) ? get(f.container, "portMappings") : NULL;
     f.mappings = json_array_size(f.dmaps) ? f.dmaps : f.cmaps ? f.cmaps : f.dmaps;
     if (f.container) {
         const json_t *t = get(f.container, "type");
-        f.ctype = !t                ? "DOCKER"
+        f.ctype = !t                  ? "DOCKER"
                   : json_is_string(t) ? enum_match(v_ctype, json_string_value(t), true)
                                       : NULL;
     }
@@ -1251,11 +1261,13 @@ static void check_routes(vctx_t *c, const json_t *app)
         size_t m2 = push_idx(c, i);
         bool tcp = json_is_true(get(r, "tcp"));
         if (worker && get(r, "portIndex"))
-            verr_key(c, "portIndex", "is not valid for a worker app: workers are reached by "
-                                     "invocation, not on a port");
+            verr_key(c, "portIndex",
+                     "is not valid for a worker app: workers are reached by "
+                     "invocation, not on a port");
         if (worker && tcp)
-            verr_key(c, "tcp", "TCP routes are not valid for a worker app (the gateway bridges "
-                               "HTTP to invocations)");
+            verr_key(c, "tcp",
+                     "TCP routes are not valid for a worker app (the gateway bridges "
+                     "HTTP to invocations)");
         if (!worker && get(r, "event"))
             verr_key(c, "event", "is only valid for a worker app (\"kind\": \"worker\")");
         if (tcp) {
@@ -1333,7 +1345,8 @@ static void norm_object(kind_t k, json_t *o)
     const char *key;
     json_t *v;
     void *tmp;
-    json_object_foreach_safe (o, tmp, key, v) {
+    json_object_foreach_safe(o, tmp, key, v)
+    {
         const field_t *f = find_field(k, key);
         if (!f) {
             if (json_empty(v))
@@ -1355,15 +1368,12 @@ static void norm_object(kind_t k, json_t *o)
                 json_object_set_new(o, key, json_string(canon));
             break;
         }
-        case FT_OBJ:
-            norm_object(f->sub, v);
-            break;
+        case FT_OBJ: norm_object(f->sub, v); break;
         case FT_OBJARR:
             for (size_t i = 0; i < json_array_size(v); i++)
                 norm_object(f->sub, json_array_get(v, i));
             break;
-        default:
-            break;
+        default: break;
         }
     }
 }
@@ -1389,10 +1399,10 @@ static void norm_ports(json_t *app, const facts_t *f)
     if (ports && !json_object_get(app, "portDefinitions")) {
         json_t *defs = json_array();
         for (size_t i = 0; i < json_array_size(ports); i++)
-            json_array_append_new(
-                defs, json_pack("{s:I, s:s}", "port",
-                                (json_int_t)json_number_value(json_array_get(ports, i)),
-                                "protocol", "tcp"));
+            json_array_append_new(defs,
+                                  json_pack("{s:I, s:s}", "port",
+                                            (json_int_t)json_number_value(json_array_get(ports, i)),
+                                            "protocol", "tcp"));
         json_object_set_new(app, "portDefinitions", defs);
     }
     json_object_del(app, "ports");
@@ -1618,8 +1628,8 @@ int spec_id_normalize(const char *id, char **out, err_t *err)
         memcpy(seg, p, len);
         seg[len] = '\0';
         if (len == 0)
-            return err_set(err, -EINVAL, "app id %s has an empty segment (\"//\" or a trailing \"/\")",
-                           QV(id));
+            return err_set(err, -EINVAL,
+                           "app id %s has an empty segment (\"//\" or a trailing \"/\")", QV(id));
         if (strcmp(seg, ".") == 0 || strcmp(seg, "..") == 0)
             return err_set(err, -EINVAL, "app id %s: segment \"%s\" is not allowed", QV(id), seg);
         bool ok = id_char(seg[0]) && id_char(seg[len - 1]);

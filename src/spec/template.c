@@ -84,27 +84,13 @@ static void append_escaped(fill_t *f, const char *v, size_t n)
         const char *esc = NULL;
         char u[8];
         switch (ch) {
-        case '"':
-            esc = "\\\"";
-            break;
-        case '\\':
-            esc = "\\\\";
-            break;
-        case '\n':
-            esc = "\\n";
-            break;
-        case '\r':
-            esc = "\\r";
-            break;
-        case '\t':
-            esc = "\\t";
-            break;
-        case '\b':
-            esc = "\\b";
-            break;
-        case '\f':
-            esc = "\\f";
-            break;
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
         default:
             if (ch < 0x20) {
                 snprintf(u, sizeof(u), "\\u%04x", ch);
@@ -153,8 +139,7 @@ static void substitute(fill_t *f, const spec_var_t *var, bool in_string, size_t 
     size_t n = strlen(v);
     if (!spec_utf8_valid(v, n)) {
         int k = (int)(strlen(var->name) > 64 ? 64 : strlen(var->name));
-        problem(f, "line %zu: the value of variable $%.*s is not valid UTF-8", line, k,
-                var->name);
+        problem(f, "line %zu: the value of variable $%.*s is not valid UTF-8", line, k, var->name);
         return;
     }
     if (in_string) {
@@ -213,8 +198,9 @@ int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, siz
             while (j < len && braced_char(text[j]))
                 j++;
             if (j >= len || text[j] != '}' || j == i + 2) {
-                problem(&f, "line %zu: \"${\" must be followed by a name and \"}\" (write $$ for "
-                            "a literal $)",
+                problem(&f,
+                        "line %zu: \"${\" must be followed by a name and \"}\" (write $$ for "
+                        "a literal $)",
                         line);
                 i = j;
                 continue;
@@ -245,8 +231,8 @@ int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, siz
     int rc = 0;
     if (f.n_problems) {
         if (f.n_dropped)
-            err_set(err, -EINVAL, "%s\n... and %zu more problem(s)", f.problems.data ? f.problems.data : "",
-                    f.n_dropped);
+            err_set(err, -EINVAL, "%s\n... and %zu more problem(s)",
+                    f.problems.data ? f.problems.data : "", f.n_dropped);
         else
             err_set(err, -EINVAL, "%s", f.problems.data);
         rc = -EINVAL;

@@ -164,7 +164,8 @@ bool spec_json_same(const json_t *a, const json_t *b)
             return false;
         const char *k;
         json_t *v;
-        json_object_foreach ((json_t *)a, k, v) {
+        json_object_foreach((json_t *)a, k, v)
+        {
             json_t *w = json_object_get(b, k);
             if (!w || !spec_json_same(v, w))
                 return false;

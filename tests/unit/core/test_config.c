@@ -76,7 +76,7 @@ static void test_happy_path(void **state)
     assert_string_equal(config_name(c), "t.conf");
     /* keys in file order */
     const char *order[] = {"data-dir", "listen", "indented", "log-level", "url", "hash",
-                           "k2", "n1", "tabbed", "a-b-9", "eq"};
+                           "k2",       "n1",     "tabbed",   "a-b-9",     "eq"};
     for (size_t i = 0; i < 11; i++)
         assert_string_equal(config_key(c, i), order[i]);
     assert_string_equal(config_value(c, 1), "0.0.0.0:7400");
@@ -96,7 +96,8 @@ static void test_empty_and_line_ends(void **state)
     assert_int_equal(config_count(c), 0);
     config_free(c);
     /* CRLF, a BOM, no final newline */
-    c = parse_ok("\xef\xbb\xbf" "a = 1\r\nb \"two\"\r\n\r\nc 3");
+    c = parse_ok("\xef\xbb\xbf"
+                 "a = 1\r\nb \"two\"\r\n\r\nc 3");
     assert_string_equal(config_get(c, "a"), "1");
     assert_string_equal(config_get(c, "b"), "two");
     assert_string_equal(config_get(c, "c"), "3");
@@ -130,26 +131,37 @@ static void test_quoting(void **state)
 static void test_errors(void **state)
 {
     (void)state;
-    PARSE_ERROR("ok = 1\nbad = \"open\n", "t.conf:2: unterminated quoted value (missing closing \")");
+    PARSE_ERROR("ok = 1\nbad = \"open\n",
+                "t.conf:2: unterminated quoted value (missing closing \")");
     PARSE_ERROR("bad = \"ends with \\", "t.conf:1: unterminated quoted value (line ends after \\)");
-    PARSE_ERROR("\n\nbad = \"a\\tb\"", "t.conf:3: unknown escape \\ followed by 't' in quoted value (use \\\", \\\\ or \\n)");
-    PARSE_ERROR("bad = \"a\" b", "t.conf:1: unexpected text after the quoted value (a comment needs #)");
-    PARSE_ERROR("bad = \"a\"#c", "t.conf:1: unexpected text after the quoted value (a comment needs #)");
+    PARSE_ERROR(
+        "\n\nbad = \"a\\tb\"",
+        "t.conf:3: unknown escape \\ followed by 't' in quoted value (use \\\", \\\\ or \\n)");
+    PARSE_ERROR("bad = \"a\" b",
+                "t.conf:1: unexpected text after the quoted value (a comment needs #)");
+    PARSE_ERROR("bad = \"a\"#c",
+                "t.conf:1: unexpected text after the quoted value (a comment needs #)");
     PARSE_ERROR("Data-dir = x", "t.conf:1: invalid character 'D' in key (keys use a-z, 0-9 and -)");
-    PARSE_ERROR("x=1\ndata_dir = x", "t.conf:2: invalid character '_' in key (keys use a-z, 0-9 and -)");
+    PARSE_ERROR("x=1\ndata_dir = x",
+                "t.conf:2: invalid character '_' in key (keys use a-z, 0-9 and -)");
     PARSE_ERROR("key#x", "t.conf:1: invalid character '#' in key (keys use a-z, 0-9 and -)");
     PARSE_ERROR("= x", "t.conf:1: missing key before =");
     PARSE_ERROR("\"q\" = x", "t.conf:1: invalid character '\"' in key (keys use a-z, 0-9 and -)");
-    PARSE_ERROR("a=1\nb=2\nlonely", "t.conf:3: key \"lonely\" has no value (write \"\" for an empty one)");
+    PARSE_ERROR("a=1\nb=2\nlonely",
+                "t.conf:3: key \"lonely\" has no value (write \"\" for an empty one)");
     PARSE_ERROR("k =", "t.conf:1: key \"k\" has no value (write \"\" for an empty one)");
-    PARSE_ERROR("k = # just a comment", "t.conf:1: key \"k\" has no value (write \"\" for an empty one)");
-    PARSE_ERROR("k   # just a comment", "t.conf:1: key \"k\" has no value (write \"\" for an empty one)");
-    PARSE_ERROR("a = 1\nb = 2\n\n# c\na = 3\n", "t.conf:5: duplicate key \"a\" (first set on line 1)");
+    PARSE_ERROR("k = # just a comment",
+                "t.conf:1: key \"k\" has no value (write \"\" for an empty one)");
+    PARSE_ERROR("k   # just a comment",
+                "t.conf:1: key \"k\" has no value (write \"\" for an empty one)");
+    PARSE_ERROR("a = 1\nb = 2\n\n# c\na = 3\n",
+                "t.conf:5: duplicate key \"a\" (first set on line 1)");
     PARSE_ERROR("a = x\x01y", "t.conf:1: control character (byte 0x01) in value");
     PARSE_ERROR("a = \"x\x1by\"", "t.conf:1: control character (byte 0x1b) in value");
     PARSE_ERROR("a = x\ry", "t.conf:1: control character (byte 0x0d) in value");
     PARSE_ERROR("a = 1\nb = x\0y\n", "t.conf:2: NUL byte in line");
-    PARSE_ERROR("\xc3\xa9t\xc3\xa9 = 1", "t.conf:1: invalid character byte 0xc3 in key (keys use a-z, 0-9 and -)");
+    PARSE_ERROR("\xc3\xa9t\xc3\xa9 = 1",
+                "t.conf:1: invalid character byte 0xc3 in key (keys use a-z, 0-9 and -)");
 }
 
 static void test_too_big_string(void **state)
@@ -276,7 +288,8 @@ static void test_load_size_limit(void **state)
     free(data);
 }
 
-static const char *const known[] = {"data-dir", "listen", "log-level", "log-format", "node-name", NULL};
+static const char *const known[] = {"data-dir",   "listen",    "log-level",
+                                    "log-format", "node-name", NULL};
 
 static void test_check_known(void **state)
 {
@@ -293,7 +306,8 @@ static void test_check_known(void **state)
 
     c = parse_ok("log-levle debug\n");
     assert_int_equal(config_check_known(c, known, &err), -EINVAL);
-    assert_string_equal(err.msg, "t.conf:1: unknown key \"log-levle\" (did you mean \"log-level\"?)");
+    assert_string_equal(err.msg,
+                        "t.conf:1: unknown key \"log-levle\" (did you mean \"log-level\"?)");
     config_free(c);
 
     c = parse_ok("listen-addr x\n");
@@ -309,7 +323,8 @@ static void test_check_known(void **state)
     /* the closest of several near misses wins */
     c = parse_ok("log-formt json\n");
     assert_int_equal(config_check_known(c, known, &err), -EINVAL);
-    assert_string_equal(err.msg, "t.conf:1: unknown key \"log-formt\" (did you mean \"log-format\"?)");
+    assert_string_equal(err.msg,
+                        "t.conf:1: unknown key \"log-formt\" (did you mean \"log-format\"?)");
     config_free(c);
 
     /* a very long key gives no suggestion and no slowness */
@@ -346,7 +361,8 @@ static void test_typed(void **state)
     assert_int_equal(config_get_i64(c, "workers", 1, 4, &i, &err), -EINVAL);
     assert_string_equal(err.msg, "t.conf:1: workers: 8 is out of range [1, 4]");
     assert_int_equal(config_get_i64(c, "big", 0, INT64_MAX, &i, &err), -EINVAL);
-    assert_string_equal(err.msg, "t.conf:3: big: 99999999999999999999 is out of range [0, 9223372036854775807]");
+    assert_string_equal(
+        err.msg, "t.conf:3: big: 99999999999999999999 is out of range [0, 9223372036854775807]");
     assert_int_equal(config_get_i64(c, "words", 0, 10, &i, &err), -EINVAL);
     assert_string_equal(err.msg, "t.conf:4: words: expected an integer, got \"1x\"");
     assert_int_equal(i, -3);
@@ -355,7 +371,9 @@ static void test_typed(void **state)
     assert_int_equal(config_get_duration_ms(c, "timeout", &ms, &err), 0);
     assert_int_equal(ms, 250);
     assert_int_equal(config_get_duration_ms(c, "bad-timeout", &ms, &err), -EINVAL);
-    assert_string_equal(err.msg, "t.conf:6: bad-timeout: expected a duration like 250ms, 30s, 5m or 1h, got \"soon\"");
+    assert_string_equal(
+        err.msg,
+        "t.conf:6: bad-timeout: expected a duration like 250ms, 30s, 5m or 1h, got \"soon\"");
     assert_int_equal(config_get_duration_ms(c, "absent", &ms, &err), 0);
     assert_int_equal(ms, 250);
 
@@ -363,7 +381,8 @@ static void test_typed(void **state)
     assert_int_equal(config_get_size(c, "cache", &sz, &err), 0);
     assert_int_equal(sz, 65536);
     assert_int_equal(config_get_size(c, "bad-cache", &sz, &err), -EINVAL);
-    assert_string_equal(err.msg, "t.conf:8: bad-cache: expected a size like 512, 64k, 1m or 2g, got \"64q\"");
+    assert_string_equal(
+        err.msg, "t.conf:8: bad-cache: expected a size like 512, 64k, 1m or 2g, got \"64q\"");
 
     bool b = false;
     assert_int_equal(config_get_bool(c, "t1", &b, &err), 0);
@@ -378,16 +397,11 @@ static void test_typed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_happy_path),
-        cmocka_unit_test(test_empty_and_line_ends),
-        cmocka_unit_test(test_quoting),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_too_big_string),
-        cmocka_unit_test(test_many_keys),
-        cmocka_unit_test(test_load),
-        cmocka_unit_test(test_load_size_limit),
-        cmocka_unit_test(test_check_known),
-        cmocka_unit_test(test_typed),
+        cmocka_unit_test(test_happy_path),     cmocka_unit_test(test_empty_and_line_ends),
+        cmocka_unit_test(test_quoting),        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_too_big_string), cmocka_unit_test(test_many_keys),
+        cmocka_unit_test(test_load),           cmocka_unit_test(test_load_size_limit),
+        cmocka_unit_test(test_check_known),    cmocka_unit_test(test_typed),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }

@@ -414,9 +414,11 @@ static void test_json_parse_errors(void **state)
     err_t err = {0};
     assert_null(json_parse("{\"a\":1,}", 8, &err));
     assert_int_equal(err.code, -EINVAL);
-    assert_string_equal(err.msg, "invalid JSON at line 1 column 8: string or '}' expected near '}'");
+    assert_string_equal(err.msg,
+                        "invalid JSON at line 1 column 8: string or '}' expected near '}'");
     assert_null(json_parse("{\n\"a\": 1,\n\"a\": 2}", 17, &err));
-    assert_string_equal(err.msg, "invalid JSON at line 3 column 3: duplicate object key near '\"a\"'");
+    assert_string_equal(err.msg,
+                        "invalid JSON at line 3 column 3: duplicate object key near '\"a\"'");
     assert_null(json_parse("", 0, &err));
     assert_true(strncmp(err.msg, "invalid JSON at line", 20) == 0);
     assert_null(json_parse("[1] x", 5, NULL));
@@ -582,24 +584,15 @@ static void test_log_long_lines(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_err_set_and_str),
-        cmocka_unit_test(test_err_wrap),
-        cmocka_unit_test(test_buf_basic),
-        cmocka_unit_test(test_buf_limits),
-        cmocka_unit_test(test_buf_consume_steal),
-        cmocka_unit_test(test_str_to_i64),
-        cmocka_unit_test(test_str_duration),
-        cmocka_unit_test(test_str_nan_rejected),
-        cmocka_unit_test(test_str_size),
-        cmocka_unit_test(test_str_prefix_suffix),
-        cmocka_unit_test(test_str_url_decode),
-        cmocka_unit_test(test_str_split_hostport),
-        cmocka_unit_test(test_json_canonical),
-        cmocka_unit_test(test_json_parse_errors),
-        cmocka_unit_test(test_json_helpers),
-        cmocka_unit_test(test_log_parse),
-        cmocka_unit_test(test_log_levels_text),
-        cmocka_unit_test(test_log_json),
+        cmocka_unit_test(test_err_set_and_str),   cmocka_unit_test(test_err_wrap),
+        cmocka_unit_test(test_buf_basic),         cmocka_unit_test(test_buf_limits),
+        cmocka_unit_test(test_buf_consume_steal), cmocka_unit_test(test_str_to_i64),
+        cmocka_unit_test(test_str_duration),      cmocka_unit_test(test_str_nan_rejected),
+        cmocka_unit_test(test_str_size),          cmocka_unit_test(test_str_prefix_suffix),
+        cmocka_unit_test(test_str_url_decode),    cmocka_unit_test(test_str_split_hostport),
+        cmocka_unit_test(test_json_canonical),    cmocka_unit_test(test_json_parse_errors),
+        cmocka_unit_test(test_json_helpers),      cmocka_unit_test(test_log_parse),
+        cmocka_unit_test(test_log_levels_text),   cmocka_unit_test(test_log_json),
         cmocka_unit_test(test_log_long_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -112,9 +112,9 @@ static void test_roundtrip_format(void **state)
     (void)state;
     buf_t out = BUF_INIT(0);
     msgpack_object obj = {.type = MSGPACK_OBJECT_NEGATIVE_INTEGER, .via.i64 = -5};
-    int rc = rpc_encode(&out, 42, 7, "s, U, d, D, [s u [n]], t, n, b, S, o, s", "hello", (uint64_t)UINT64_MAX,
-                        -3, (int64_t)INT64_MIN, "in", 9u, 1, "\x00\x01", (size_t)2, "abc", (size_t)2, &obj,
-                        (const char *)NULL);
+    int rc = rpc_encode(&out, 42, 7, "s, U, d, D, [s u [n]], t, n, b, S, o, s", "hello",
+                        (uint64_t)UINT64_MAX, -3, (int64_t)INT64_MIN, "in", 9u, 1, "\x00\x01",
+                        (size_t)2, "abc", (size_t)2, &obj, (const char *)NULL);
     assert_int_equal(rc, 0);
 
     rpc_decoder_t d;
@@ -376,31 +376,40 @@ static void test_partial(void **state)
 static void test_malformed_shape(void **state)
 {
     (void)state;
-    assert_decode_error("81 01 02", -EPROTO, "message 1 is a map, expected an array [channel, type, args]");
-    assert_decode_error("05", -EPROTO, "message 1 is an unsigned integer, expected an array [channel, type, args]");
-    assert_decode_error("a1 78", -EPROTO, "message 1 is a string, expected an array [channel, type, args]");
+    assert_decode_error("81 01 02", -EPROTO,
+                        "message 1 is a map, expected an array [channel, type, args]");
+    assert_decode_error(
+        "05", -EPROTO, "message 1 is an unsigned integer, expected an array [channel, type, args]");
+    assert_decode_error("a1 78", -EPROTO,
+                        "message 1 is a string, expected an array [channel, type, args]");
     assert_decode_error("c0", -EPROTO, "message 1 is nil, expected an array [channel, type, args]");
     assert_decode_error("92 01 00", -EPROTO,
                         "message 1 has 2 elements, expected 3 or 4 [channel, type, args, headers]");
     assert_decode_error("95 01 00 90 90 90", -EPROTO,
                         "message 1 has 5 elements, expected 3 or 4 [channel, type, args, headers]");
-    assert_decode_error("90", -EPROTO, "message 1 has 0 elements, expected 3 or 4 [channel, type, args, headers]");
+    assert_decode_error("90", -EPROTO,
+                        "message 1 has 0 elements, expected 3 or 4 [channel, type, args, headers]");
 }
 
 static void test_malformed_fields(void **state)
 {
     (void)state;
-    assert_decode_error("93 a1 31 00 90", -EPROTO, "message 1: channel is a string, expected a positive integer");
+    assert_decode_error("93 a1 31 00 90", -EPROTO,
+                        "message 1: channel is a string, expected a positive integer");
     assert_decode_error("93 ff 00 90", -EPROTO,
                         "message 1: channel is a negative integer, expected a positive integer");
-    assert_decode_error("93 00 00 90", -EPROTO, "message 1: channel is 0, expected a positive integer");
+    assert_decode_error("93 00 00 90", -EPROTO,
+                        "message 1: channel is 0, expected a positive integer");
     assert_decode_error("93 cb 3f f0 00 00 00 00 00 00 00 90", -EPROTO,
                         "message 1: channel is a float, expected a positive integer");
-    assert_decode_error("93 c0 00 90", -EPROTO, "message 1: channel is nil, expected a positive integer");
-    assert_decode_error("93 01 a1 30 90", -EPROTO, "message 1: type is a string, expected an unsigned integer");
+    assert_decode_error("93 c0 00 90", -EPROTO,
+                        "message 1: channel is nil, expected a positive integer");
+    assert_decode_error("93 01 a1 30 90", -EPROTO,
+                        "message 1: type is a string, expected an unsigned integer");
     assert_decode_error("93 01 d0 fe 90", -EPROTO,
                         "message 1: type is a negative integer, expected an unsigned integer");
-    assert_decode_error("93 01 c3 90", -EPROTO, "message 1: type is a boolean, expected an unsigned integer");
+    assert_decode_error("93 01 c3 90", -EPROTO,
+                        "message 1: type is a boolean, expected an unsigned integer");
     assert_decode_error("93 01 00 80", -EPROTO, "message 1: args is a map, expected an array");
     assert_decode_error("93 01 00 c0", -EPROTO, "message 1: args is nil, expected an array");
     assert_decode_error("93 01 00 c4 00", -EPROTO, "message 1: args is binary, expected an array");
@@ -415,14 +424,16 @@ static void test_malformed_headers(void **state)
                         "message 1: headers is nil, expected an array of [name, value] pairs");
     assert_decode_error("94 01 00 90 91 a1 61", -EPROTO,
                         "message 1: header 0 is a string, expected a [name, value] pair");
-    assert_decode_error("94 01 00 90 92 92 a1 61 a1 62 93 a1 61 a1 62 a1 63", -EPROTO,
-                        "message 1: header 1 is an array of another size, expected a [name, value] pair");
+    assert_decode_error(
+        "94 01 00 90 92 92 a1 61 a1 62 93 a1 61 a1 62 a1 63", -EPROTO,
+        "message 1: header 1 is an array of another size, expected a [name, value] pair");
     assert_decode_error("94 01 00 90 91 92 01 a1 62", -EPROTO,
                         "message 1: header 0 name is an unsigned integer, expected a string");
     assert_decode_error("94 01 00 90 91 92 c4 01 61 a1 62", -EPROTO,
                         "message 1: header 0 name is binary, expected a string");
-    assert_decode_error("94 01 00 90 91 92 a1 61 07", -EPROTO,
-                        "message 1: header 0 value is an unsigned integer, expected a string or binary");
+    assert_decode_error(
+        "94 01 00 90 91 92 a1 61 07", -EPROTO,
+        "message 1: header 0 value is an unsigned integer, expected a string or binary");
     assert_decode_error("94 01 00 90 91 92 a1 61 90", -EPROTO,
                         "message 1: header 0 value is an array, expected a string or binary");
     /* an empty header list is fine */
@@ -434,7 +445,8 @@ static void test_malformed_headers(void **state)
 static void test_not_msgpack(void **state)
 {
     (void)state;
-    assert_decode_error("93 01 00 91 c1", -EPROTO, "message 1: not msgpack (byte 0xc1 at offset 4)");
+    assert_decode_error("93 01 00 91 c1", -EPROTO,
+                        "message 1: not msgpack (byte 0xc1 at offset 4)");
     rpc_decoder_t d;
     rpc_decoder_init(&d, 64);
     size_t n;
@@ -512,7 +524,8 @@ static void test_oversize(void **state)
     buf_free(&out);
 
     /* 5 bytes announcing 2^32-1 elements never reach msgpack-c */
-    assert_decode_error("dd ff ff ff ff", -EMSGSIZE, "message 1: at least 4294967300 bytes, over the limit of 4194304");
+    assert_decode_error("dd ff ff ff ff", -EMSGSIZE,
+                        "message 1: at least 4294967300 bytes, over the limit of 4194304");
     assert_decode_error("93 01 00 91 db ff ff ff ff", -EMSGSIZE,
                         "message 1: at least 4294967304 bytes, over the limit of 4194304");
     assert_decode_error("93 01 00 df 80 00 00 00", -EMSGSIZE,
@@ -591,11 +604,11 @@ static void test_all_types(void **state)
     rpc_decoder_init(&d, 1024);
     size_t n;
     unsigned char *b = hex("93 01 00 dc 00 0c"
-                             " c0 c2 c3 ca 3f 80 00 00 cb 3f f0 00 00 00 00 00 00"
-                             " d4 01 02 d8 01 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
-                             " c7 02 05 aa bb e0 d3 80 00 00 00 00 00 00 00"
-                             " de 00 01 a1 6b a1 76 c5 00 01 7a",
-                             &n);
+                           " c0 c2 c3 ca 3f 80 00 00 cb 3f f0 00 00 00 00 00 00"
+                           " d4 01 02 d8 01 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+                           " c7 02 05 aa bb e0 d3 80 00 00 00 00 00 00 00"
+                           " de 00 01 a1 6b a1 76 c5 00 01 7a",
+                           &n);
     assert_int_equal(rpc_decoder_feed(&d, b, n), 0);
     free(b);
     assert_int_equal(rpc_decoder_next(&d, &m, &err), 1);
@@ -673,7 +686,8 @@ static void test_arg_errors(void **state)
 
     assert_int_equal(rpc_decoder_next(&d, &m, &err), 1);
     assert_int_equal(rpc_arg_int(&m, 0, &i, &err), -EINVAL);
-    assert_string_equal(err.msg, "argument 0 is 9223372036854775808, too large for a signed integer");
+    assert_string_equal(err.msg,
+                        "argument 0 is 9223372036854775808, too large for a signed integer");
     assert_int_equal(rpc_arg_uint(&m, 0, &u, &err), 0);
     assert_true(u == (uint64_t)INT64_MAX + 1);
     rpc_decoder_free(&d);
@@ -745,7 +759,8 @@ static void test_encode_object(void **state)
     assert_int_equal(rpc_decoder_next(&d, &m, &err), 1);
     assert_int_equal(m.channel, 4);
     assert_int_equal(m.nargs, 2);
-    msgpack_object got = {.type = MSGPACK_OBJECT_ARRAY, .via.array = {(uint32_t)m.nargs, (msgpack_object *)m.args}};
+    msgpack_object got = {.type = MSGPACK_OBJECT_ARRAY,
+                          .via.array = {(uint32_t)m.nargs, (msgpack_object *)m.args}};
     assert_true(msgpack_object_equal(got, args));
     assert_int_equal(rpc_decoder_next(&d, &m, &err), 1);
     assert_int_equal(m.channel, 5);

@@ -43,13 +43,14 @@ static void test_add_remove_change(void **state)
 
 static void test_nested_paths(void **state)
 {
-    expect_diff("{'healthChecks': [{'portIndex': 0, 'path': '/h'}], 'container': {'docker':"
-                " {'image': 'a:1', 'portMappings': [{'containerPort': 80}]}}}",
-                "{'healthChecks': [{'portIndex': 1, 'path': '/h'}, {'protocol': 'TCP'}],"
-                " 'container': {'docker': {'image': 'a:2', 'portMappings': [{'containerPort': 80}]}}}",
-                "[{'path': '$.container.docker.image', 'op': 'change', 'old': 'a:1', 'new': 'a:2'},"
-                " {'path': '$.healthChecks[0].portIndex', 'op': 'change', 'old': 0, 'new': 1},"
-                " {'path': '$.healthChecks[1]', 'op': 'add', 'new': {'protocol': 'TCP'}}]");
+    expect_diff(
+        "{'healthChecks': [{'portIndex': 0, 'path': '/h'}], 'container': {'docker':"
+        " {'image': 'a:1', 'portMappings': [{'containerPort': 80}]}}}",
+        "{'healthChecks': [{'portIndex': 1, 'path': '/h'}, {'protocol': 'TCP'}],"
+        " 'container': {'docker': {'image': 'a:2', 'portMappings': [{'containerPort': 80}]}}}",
+        "[{'path': '$.container.docker.image', 'op': 'change', 'old': 'a:1', 'new': 'a:2'},"
+        " {'path': '$.healthChecks[0].portIndex', 'op': 'change', 'old': 0, 'new': 1},"
+        " {'path': '$.healthChecks[1]', 'op': 'add', 'new': {'protocol': 'TCP'}}]");
     /* a type change is one change, not a walk */
     expect_diff("{'a': {'b': 1}}", "{'a': [1]}",
                 "[{'path': '$.a', 'op': 'change', 'old': {'b': 1}, 'new': [1]}]");
@@ -122,8 +123,8 @@ static void test_seed_against_template(void **state)
     assert_int_equal(spec_validate(filled, &rf), 0);
     d = spec_diff(rs.app, rf.app);
     static const char *const paths[] = {
-        "$.args[3]", "$.container.docker.image", "$.env.SERVICE_TAGS", "$.id",
-        "$.instances", "$.labels.environment", "$.labels.version",
+        "$.args[3]",   "$.container.docker.image", "$.env.SERVICE_TAGS", "$.id",
+        "$.instances", "$.labels.environment",     "$.labels.version",
     };
     assert_int_equal(json_array_size(d), sizeof(paths) / sizeof(paths[0]));
     for (size_t i = 0; i < json_array_size(d); i++) {
@@ -143,10 +144,8 @@ static void test_seed_against_template(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_add_remove_change),
-        cmocka_unit_test(test_nested_paths),
-        cmocka_unit_test(test_equal_and_numbers),
-        cmocka_unit_test(test_null_sides),
+        cmocka_unit_test(test_add_remove_change),     cmocka_unit_test(test_nested_paths),
+        cmocka_unit_test(test_equal_and_numbers),     cmocka_unit_test(test_null_sides),
         cmocka_unit_test(test_seed_against_template),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

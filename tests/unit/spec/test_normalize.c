@@ -83,18 +83,19 @@ static void test_health_check_defaults(void **state)
                              " {'protocol': 'COMMAND', 'command': {'value': 'true'}},"
                              " {'protocol': 'HTTPS', 'port': 8443, 'gracePeriodSeconds': 5}]}");
     const json_t *hcs = json_object_get(app, "healthChecks");
-    json_t *want = jq("[{'protocol': 'HTTP', 'path': '/', 'portIndex': 0, 'gracePeriodSeconds': 300,"
-                      "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
-                      "  'delaySeconds': 15, 'ignoreHttp1xx': false},"
-                      " {'protocol': 'TCP', 'portIndex': 0, 'gracePeriodSeconds': 300,"
-                      "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
-                      "  'delaySeconds': 15},"
-                      " {'protocol': 'COMMAND', 'command': {'value': 'true'}, 'gracePeriodSeconds': 300,"
-                      "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
-                      "  'delaySeconds': 15},"
-                      " {'protocol': 'HTTPS', 'port': 8443, 'path': '/', 'gracePeriodSeconds': 5,"
-                      "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
-                      "  'delaySeconds': 15, 'ignoreHttp1xx': false}]");
+    json_t *want =
+        jq("[{'protocol': 'HTTP', 'path': '/', 'portIndex': 0, 'gracePeriodSeconds': 300,"
+           "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
+           "  'delaySeconds': 15, 'ignoreHttp1xx': false},"
+           " {'protocol': 'TCP', 'portIndex': 0, 'gracePeriodSeconds': 300,"
+           "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
+           "  'delaySeconds': 15},"
+           " {'protocol': 'COMMAND', 'command': {'value': 'true'}, 'gracePeriodSeconds': 300,"
+           "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
+           "  'delaySeconds': 15},"
+           " {'protocol': 'HTTPS', 'port': 8443, 'path': '/', 'gracePeriodSeconds': 5,"
+           "  'intervalSeconds': 60, 'timeoutSeconds': 20, 'maxConsecutiveFailures': 3,"
+           "  'delaySeconds': 15, 'ignoreHttp1xx': false}]");
     if (!json_equal(hcs, want)) {
         json_t *d = spec_diff(want, hcs);
         dump_issues("diff", d);
@@ -175,10 +176,11 @@ static void test_numbers_keep_their_kind(void **state)
 static void test_worker_pool_defaults(void **state)
 {
     json_t *app = normalized("{'id': '/w', 'cmd': 'w', 'kind': 'worker'}");
-    json_t *want = jq("{'pool-limit': 10, 'queue-limit': 100, 'concurrency': 10, 'grow-threshold': 5,"
-                      " 'idle-timeout': 600, 'spawn-timeout': 1, 'handshake-timeout': 5,"
-                      " 'heartbeat-timeout': 30, 'terminate-timeout': 10, 'request-timeout': 86400,"
-                      " 'crashlog-limit': 50}");
+    json_t *want =
+        jq("{'pool-limit': 10, 'queue-limit': 100, 'concurrency': 10, 'grow-threshold': 5,"
+           " 'idle-timeout': 600, 'spawn-timeout': 1, 'handshake-timeout': 5,"
+           " 'heartbeat-timeout': 30, 'terminate-timeout': 10, 'request-timeout': 86400,"
+           " 'crashlog-limit': 50}");
     assert_true(json_equal(json_object_get(app, "pool"), want));
     json_decref(want);
     /* workers listen on no port unless told */
@@ -205,8 +207,9 @@ static void test_worker_pool_defaults(void **state)
 static void test_marathon_legacy_forms(void **state)
 {
     /* ports -> portDefinitions, uris -> fetch, output fields dropped */
-    json_t *app = normalized("{'id': '/a', 'cmd': 'x', 'ports': [8080, 0], 'uris': ['http://a/b.tgz'],"
-                             " 'version': 'v1', 'versionInfo': {}, 'container': null}");
+    json_t *app =
+        normalized("{'id': '/a', 'cmd': 'x', 'ports': [8080, 0], 'uris': ['http://a/b.tgz'],"
+                   " 'version': 'v1', 'versionInfo': {}, 'container': null}");
     assert_null(json_object_get(app, "ports"));
     assert_null(json_object_get(app, "uris"));
     assert_null(json_object_get(app, "version"));
@@ -252,9 +255,11 @@ static void test_ignored_fields(void **state)
 static void test_container_and_routes(void **state)
 {
     json_t *app = normalized(
-        "{'id': '/a', 'container': {'type': 'docker', 'docker': {'image': 'nginx', 'network': 'bridge',"
+        "{'id': '/a', 'container': {'type': 'docker', 'docker': {'image': 'nginx', 'network': "
+        "'bridge',"
         " 'portMappings': [{'containerPort': 80}, {'containerPort': 53, 'protocol': 'udp'}]}},"
-        " 'routes': [{'host': 'WWW.Example.COM'}, {'internal': 10053, 'tcp': true, 'portIndex': 1}]}");
+        " 'routes': [{'host': 'WWW.Example.COM'}, {'internal': 10053, 'tcp': true, 'portIndex': "
+        "1}]}");
     const json_t *ct = json_object_get(app, "container");
     assert_string_equal(json_string_value(json_object_get(ct, "type")), "DOCKER");
     json_t *want = jq("{'image': 'nginx', 'network': 'BRIDGE', 'forcePullImage': false,"
@@ -275,8 +280,8 @@ static void test_container_and_routes(void **state)
     /* docker without mappings: host networking, Marathon's default */
     app = normalized("{'id': '/a', 'container': {'docker': {'image': 'nginx'}}}");
     assert_string_equal(
-        json_string_value(json_object_get(json_object_get(json_object_get(app, "container"), "docker"),
-                                          "network")),
+        json_string_value(json_object_get(
+            json_object_get(json_object_get(app, "container"), "docker"), "network")),
         "HOST");
     assert_int_equal(json_array_size(json_object_get(app, "portDefinitions")), 1);
     assert_idempotent(app);

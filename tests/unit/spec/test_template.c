@@ -43,7 +43,7 @@ static void test_dollar_and_braces(void **state)
 
 static void test_numbers_unquoted_strings_quoted(void **state)
 {
-    spec_var_t v[] = {{"n", "4"}, {"f", "0.5"}, {"neg", "-1"}, {"e", "1e3"}, {"s", "abc"},
+    spec_var_t v[] = {{"n", "4"},     {"f", "0.5"}, {"neg", "-1"}, {"e", "1e3"}, {"s", "abc"},
                       {"lead", "01"}, {"sp", " 4"}, {"t", "true"}, {"empty", ""}};
     expect_fill("{\"instances\": $n}", v, 9, "{\"instances\": 4}");
     expect_fill("[$f, $neg, $e]", v, 9, "[0.5, -1, 1e3]");
@@ -198,17 +198,16 @@ static void test_seed_template(void **state)
     assert_string_equal(json_string_value(json_object_get(app, "id")), "/app/staging/test-server");
     assert_true(json_is_integer(json_object_get(app, "instances")));
     assert_int_equal(json_integer_value(json_object_get(app, "instances")), 4);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(app, "labels"), "version")),
-                        "abc");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(app, "labels"), "version")), "abc");
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(app, "env"), "SERVICE_TAGS")),
         "staging,internal-listen-http-3000");
     assert_string_equal(json_string_value(json_array_get(json_object_get(app, "args"), 3)),
                         "app/staging/test-server");
-    assert_string_equal(
-        json_string_value(json_object_get(
-            json_object_get(json_object_get(app, "container"), "docker"), "image")),
-        "registry.local/test-server:abc");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(app, "container"), "docker"), "image")),
+                        "registry.local/test-server:abc");
     spec_result_free(&r);
     json_decref(in);
     free(out);

@@ -63,7 +63,8 @@ static void test_misspelt_field_suggests(void **state)
                  "did you mean \"image\"?");
     expect_error("{" APP ", 'container': {'docker': {'imgae': 'x'}}}", "$.container.docker.image",
                  "is required");
-    expect_error("{" APP ", 'helathChecks': []}", "$.helathChecks", "did you mean \"healthChecks\"?");
+    expect_error("{" APP ", 'helathChecks': []}", "$.helathChecks",
+                 "did you mean \"healthChecks\"?");
     expect_error("{" APP ", 'Instances': 2}", "$.Instances", "did you mean \"instances\"?");
     expect_error("{" APP ", 'kind': 'worker', 'pool': {'pool_limit': 2}}", "$.pool.pool_limit",
                  "did you mean \"pool-limit\"?");
@@ -81,12 +82,13 @@ static void test_misspelt_field_suggests(void **state)
 /* One document, many mistakes: every one reported, each at its path. */
 static void test_every_error_reported(void **state)
 {
-    json_t *in = jq("{'id': '/Bad/app', 'cmd': 'x', 'args': ['y'], 'instances': 1.5, 'cpus': 0,"
-                    " 'mem': -1, 'labels': {'a': 1}, 'env': {'X': 2},"
-                    " 'healthChecks': [{'protocol': 'HTTP', 'portIndex': 3}, {'protocol': 'TCPX'}],"
-                    " 'upgradeStrategy': {'minimumHealthCapacity': 2},"
-                    " 'container': {'docker': {'image': 'i', 'portMappings': [{'containerPort': 70000}]}},"
-                    " 'constraints': [['hostname', 'UNIQE']], 'healtChecks': 1}");
+    json_t *in =
+        jq("{'id': '/Bad/app', 'cmd': 'x', 'args': ['y'], 'instances': 1.5, 'cpus': 0,"
+           " 'mem': -1, 'labels': {'a': 1}, 'env': {'X': 2},"
+           " 'healthChecks': [{'protocol': 'HTTP', 'portIndex': 3}, {'protocol': 'TCPX'}],"
+           " 'upgradeStrategy': {'minimumHealthCapacity': 2},"
+           " 'container': {'docker': {'image': 'i', 'portMappings': [{'containerPort': 70000}]}},"
+           " 'constraints': [['hostname', 'UNIQE']], 'healtChecks': 1}");
     spec_result_t r;
     assert_int_equal(spec_validate(in, &r), -EINVAL);
     static const char *const paths[] = {
@@ -116,7 +118,8 @@ static void test_every_error_reported(void **state)
     assert_int_equal(json_array_size(r.errors), n);
     assert_true(find_issue(r.errors, "$.instances", "must be an integer") >= 0);
     assert_true(find_issue(r.errors, "$.cpus", "must be > 0") >= 0);
-    assert_true(find_issue(r.errors, "$.healthChecks[0].portIndex", "is 3 but the app has 1 port") >= 0);
+    assert_true(
+        find_issue(r.errors, "$.healthChecks[0].portIndex", "is 3 but the app has 1 port") >= 0);
     assert_true(find_issue(r.errors, "$.constraints[0][1]", "did you mean \"UNIQUE\"?") >= 0);
     assert_true(find_issue(r.errors, "$.id", "segment \"Bad\"") >= 0);
     assert_null(r.app);
@@ -224,8 +227,10 @@ static void test_cmd_args_and_something_to_run(void **state)
     expect_error("{'id': '/a', 'args': []}", "$", "nothing to run");
     spec_result_t r = expect_valid("{'id': '/a', 'container': {'docker': {'image': 'nginx'}}}");
     spec_result_free(&r);
-    r = expect_valid("{'id': '/a', 'artifact': 'sha256:" "0123456789abcdef0123456789abcdef"
-                     "0123456789abcdef0123456789abcdef" "'}");
+    r = expect_valid("{'id': '/a', 'artifact': 'sha256:"
+                     "0123456789abcdef0123456789abcdef"
+                     "0123456789abcdef0123456789abcdef"
+                     "'}");
     spec_result_free(&r);
     r = expect_valid("{'id': '/a', 'artifact': 'https://builds.local/a.tar.gz', 'args': ['./a']}");
     spec_result_free(&r);
@@ -284,7 +289,8 @@ static void test_ports_and_container(void **state)
     spec_result_free(&r);
     expect_error("{" APP ", 'portDefinitions': [{'port': 80}, {'port': 80}]}",
                  "$.portDefinitions[1].port", "also used by portDefinitions[0]");
-    expect_error("{" APP ", 'portDefinitions': [{'port': 0, 'name': 'web'}, {'port': 0, 'name': 'web'}]}",
+    expect_error("{" APP
+                 ", 'portDefinitions': [{'port': 0, 'name': 'web'}, {'port': 0, 'name': 'web'}]}",
                  "$.portDefinitions[1].name", "also used");
     expect_error("{" APP ", 'ports': [8080, 8080]}", "$.ports[1]", "also used by ports[0]");
     expect_error("{" APP ", 'container': {'type': 'VM', 'docker': {'image': 'x'}}}",
@@ -316,12 +322,13 @@ static void test_ports_and_container(void **state)
                  "not both");
     /* container type any case */
     r = expect_valid("{" APP ", 'container': {'type': 'docker', 'docker': {'image': 'x'}}}");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(r.app, "container"), "type")),
-                        "DOCKER");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(r.app, "container"), "type")), "DOCKER");
     spec_result_free(&r);
     /* portDefinitions beside bridge mappings: warned, kept */
-    r = expect_valid("{" APP ", 'portDefinitions': [{'port': 10000}], 'container': {'docker': {"
-                     "'image': 'x', 'network': 'BRIDGE', 'portMappings': [{'containerPort': 80}]}}}");
+    r = expect_valid(
+        "{" APP ", 'portDefinitions': [{'port': 10000}], 'container': {'docker': {"
+        "'image': 'x', 'network': 'BRIDGE', 'portMappings': [{'containerPort': 80}]}}}");
     assert_true(find_issue(r.warnings, "$.portDefinitions", "ignored with BRIDGE networking") >= 0);
     spec_result_free(&r);
 }
@@ -333,7 +340,8 @@ static void test_constraints(void **state)
         " ['rack', 'GROUP_BY', '3'], ['disk', 'CLUSTER', 'ssd'], ['host', 'LIKE', 'web.*'],"
         " ['host', 'UNLIKE', 'db.*'], ['rack', 'MAX_PER', '2'], ['env', 'IS', 'prod']]}");
     spec_result_free(&r);
-    expect_error("{" APP ", 'constraints': 'hostname:UNIQUE'}", "$.constraints", "must be an array");
+    expect_error("{" APP ", 'constraints': 'hostname:UNIQUE'}", "$.constraints",
+                 "must be an array");
     expect_error("{" APP ", 'constraints': [['hostname']]}", "$.constraints[0]",
                  "[field, operator]");
     expect_error("{" APP ", 'constraints': ['hostname']}", "$.constraints[0]", "[field, operator]");
@@ -375,14 +383,16 @@ static void test_worker_pool_and_routes(void **state)
                  "$.pool.crashlog-limit", ">= 0");
     expect_error("{" APP ", 'kind': 'worker', 'pool': []}", "$.pool", "must be an object");
 
-    r = expect_valid("{" APP ", 'routes': [{'host': '*.Example.com', 'path': '/api',"
-                     " 'sticky': 'cookie:sid', 'group': 'web'}, {'internal': 10001, 'tcp': true}]}");
+    r = expect_valid(
+        "{" APP ", 'routes': [{'host': '*.Example.com', 'path': '/api',"
+        " 'sticky': 'cookie:sid', 'group': 'web'}, {'internal': 10001, 'tcp': true}]}");
     spec_result_free(&r);
     expect_error("{" APP ", 'routes': [{'host': 'bad host'}]}", "$.routes[0].host",
                  "not a host name");
     expect_error("{" APP ", 'routes': [{'host': 'a..b'}]}", "$.routes[0].host", "not a host name");
     expect_error("{" APP ", 'routes': [{'host': '-a.b'}]}", "$.routes[0].host", "not a host name");
-    expect_error("{" APP ", 'routes': [{'path': 'api'}]}", "$.routes[0].path", "starting with \"/\"");
+    expect_error("{" APP ", 'routes': [{'path': 'api'}]}", "$.routes[0].path",
+                 "starting with \"/\"");
     expect_error("{" APP ", 'routes': [{'internal': 0}]}", "$.routes[0].internal",
                  "between 1 and 65535");
     expect_error("{" APP ", 'routes': [{'internal': 10000, 'tcp': true, 'host': 'a.b'}]}",
@@ -418,8 +428,14 @@ static void test_warnings(void **state)
         " 'privileged': true, 'parameters': [{'key': 'a', 'value': 'b'}]}},"
         " 'fetch': [{'uri': 'http://a/b', 'destPath': 'b'}]}");
     static const char *const paths[] = {
-        "$.dependencies", "$.gpus", "$.user", "$.env.DB_PASSWORD", "$.container.volumes",
-        "$.container.docker.privileged", "$.container.docker.parameters", "$.fetch[0].destPath",
+        "$.dependencies",
+        "$.gpus",
+        "$.user",
+        "$.env.DB_PASSWORD",
+        "$.container.volumes",
+        "$.container.docker.privileged",
+        "$.container.docker.parameters",
+        "$.fetch[0].destPath",
     };
     size_t n = sizeof(paths) / sizeof(paths[0]);
     for (size_t i = 0; i < n; i++) {
