@@ -122,8 +122,8 @@ static char *show_health_item(const json_t *hc)
         free(c);
     }
     static const char *const fields[][2] = {
-        {"portIndex", " port index %s"}, {"port", " port %s"},
-        {"intervalSeconds", ", every %ss"}, {"timeoutSeconds", ", timeout %ss"},
+        {"portIndex", " port index %s"},       {"port", " port %s"},
+        {"intervalSeconds", ", every %ss"},    {"timeoutSeconds", ", timeout %ss"},
         {"gracePeriodSeconds", ", grace %ss"}, {"maxConsecutiveFailures", ", max failures %s"},
     };
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {

@@ -187,6 +187,13 @@ int cli_parse(cli_ctx_t *ctx, const cli_cmd_t *cmd, int argc, char **argv, cli_o
     err_t err = {0};
     if (cli_args_parse(argc, argv, opts, n_opts, args, &err) < 0) {
         cli_args_free(args, opts, n_opts);
+        /* Asking for help is never a usage error, whatever else is on the
+         * line (`drover deploy --bogus --help`). */
+        for (int i = 0; i < argc && strcmp(argv[i], "--") != 0; i++)
+            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+                cli_cmd_help(cmd, opts, n_opts, ctx->out);
+                return CLI_EXIT_OK;
+            }
         return cli_usage_error(ctx, cmd, "%s", err.msg);
     }
     if (args->help) {

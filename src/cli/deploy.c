@@ -160,7 +160,7 @@ static int deploy_send(cli_ctx_t *ctx, const char *text, size_t len, bool dry_ru
 int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv)
 {
     static const cli_cmd_t cmd = {
-        "deploy", "deploy FILE|- [--var NAME=VALUE]... [--dry-run] [--json]",
+        "deploy", "deploy FILE|- [--var NAME=VALUE]... [--dry-run] [--json] [--no-template]",
         "Create or update an app from a JSON spec. $name and ${name} placeholders in FILE are "
         "filled from --var before sending (a number goes in unquoted; $$ is a literal $). A "
         "spec equal to the current version makes no new version.",
@@ -170,9 +170,7 @@ int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv)
     enum { O_VAR, O_DRY, O_JSON, O_NOTPL, O_N };
     cli_opt_t opts[O_N] = {
         [O_VAR] = CLI_LIST("var", "NAME=VALUE", "fill the template variable NAME"),
-        [O_DRY] = CLI_FLAG(
-            "dry-run",
-            "print the filled spec and its diff against the current version; store nothing"),
+        [O_DRY] = CLI_FLAG("dry-run", "print the filled spec and its diff; store nothing"),
         [O_JSON] = CLI_FLAG("json", "print the API answer"),
         [O_NOTPL] = CLI_FLAG("no-template", "send FILE as is, leaving every $ untouched"),
     };

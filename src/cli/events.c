@@ -275,9 +275,7 @@ int cli_cmd_events(cli_ctx_t *ctx, int argc, char **argv)
         "drover events --from 1 --json | jq -c 'select(.type == \"app.updated\")'"};
     enum { O_TYPE, O_FROM, O_JSON, O_N };
     cli_opt_t opts[O_N] = {
-        [O_TYPE] =
-            CLI_LIST("type", "T",
-                     "only events of type T or the prefix T (app, app.created, kv.put; or a,b)"),
+        [O_TYPE] = CLI_LIST("type", "T", "only type T or family T (app, kv.put; a,b for several)"),
         [O_FROM] = CLI_VALUE("from", "REV", "first replay every event from revision REV on"),
         [O_JSON] = CLI_FLAG("json", "print each event's data JSON, one per line"),
     };

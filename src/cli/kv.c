@@ -128,9 +128,7 @@ static int kv_get(cli_ctx_t *ctx, int argc, char **argv)
         "drover kv get config/web/PORT --index 42 --wait 30s"};
     enum { O_JSON, O_INDEX, O_WAIT, O_N };
     cli_opt_t opts[O_N] = {
-        [O_JSON] = CLI_FLAG(
-            "json",
-            "print {key, value|value_base64, create_revision, mod_revision, version, index}"),
+        [O_JSON] = CLI_FLAG("json", "print value and revisions as one JSON object"),
         [O_INDEX] = CLI_VALUE("index", "N", "block until something changes after revision N"),
         [O_WAIT] = CLI_VALUE("wait", "DUR", "longest block with --index (30s, 5m; default 5m)"),
     };

@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -68,7 +69,17 @@ typedef struct client_ctx {
     const char *fail_what;
     size_t fail_limit;
     bool stopped; /* on_data asked to stop: not an error */
+    const atomic_int *cancel; /* non-zero: abort the transfer (-ECANCELED) */
 } client_ctx_t;
+
+/* libcurl calls this about once a second and on every chunk; it is how a
+ * blocking call (a 30 s watch) is ended promptly when its owner stops. */
+static int client_on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut,
+                              curl_off_t un)
+{
+    const client_ctx_t *ctx = ud;
+    return ctx->cancel && atomic_load(ctx->cancel) ? 1 : 0;
+}
 
 /* Keep the header lines of the final response only: a "100 Continue" or
  * other interim response comes first with its own status line. */
@@ -188,6 +199,11 @@ static int client_perform(const char *method, const char *url, const http_header
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     if (timeout_ms > 0)
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+    if (ctx->cancel) {
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, client_on_progress);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, ctx);
+    }
     if (strcmp(method, "HEAD") == 0) {
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     } else {
@@ -211,6 +227,10 @@ static int client_perform(const char *method, const char *url, const http_header
                      ctx->fail_what, ctx->fail_limit);
         goto out;
     }
+    if (cc == CURLE_ABORTED_BY_CALLBACK && ctx->cancel && atomic_load(ctx->cancel)) {
+        rc = err_set(err, -ECANCELED, "%s %s: cancelled", method, url);
+        goto out;
+    }
     if (cc != CURLE_OK) {
         rc = client_error(h, cc, method, url, errbuf, timeout_ms, err);
         goto out;
@@ -228,6 +248,16 @@ int http_client_request(const char *method, const char *url, const http_header_t
                         http_client_resp_t *resp, err_t *err)
 {
     client_ctx_t ctx = {.resp = resp};
+    return client_perform(method, url, headers, n_headers, body, len, timeout_ms, &ctx, err);
+}
+
+int http_client_request_cancellable(const char *method, const char *url,
+                                    const http_header_t *headers, size_t n_headers,
+                                    const void *body, size_t len, long timeout_ms,
+                                    const atomic_int *cancel, http_client_resp_t *resp,
+                                    err_t *err)
+{
+    client_ctx_t ctx = {.resp = resp, .cancel = cancel};
     return client_perform(method, url, headers, n_headers, body, len, timeout_ms, &ctx, err);
 }
 

@@ -7,6 +7,7 @@
 #include "core/err.h"
 #include "http/server.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 typedef struct http_client_resp {
@@ -26,6 +27,15 @@ char *http_client_resp_header(const http_client_resp_t *resp, const char *name);
 int http_client_request(const char *method, const char *url, const http_header_t *headers,
                         size_t n_headers, const void *body, size_t len, long timeout_ms,
                         http_client_resp_t *resp, err_t *err);
+
+/* http_client_request that gives up with -ECANCELED within about a second
+ * once *cancel becomes non-zero (set from any thread). For calls made from
+ * worker threads whose owner may shut down mid-call. */
+int http_client_request_cancellable(const char *method, const char *url,
+                                    const http_header_t *headers, size_t n_headers,
+                                    const void *body, size_t len, long timeout_ms,
+                                    const atomic_int *cancel, http_client_resp_t *resp,
+                                    err_t *err);
 
 /* Like http_client_request, but the body is handed to on_data as it arrives
  * (for event streams and blocking queries); on_data returns non-zero to

@@ -115,6 +115,20 @@ static const spec_var_t *find_var(const spec_var_t *vars, size_t n_vars, const c
     return NULL;
 }
 
+/* An unset upper-case name inside a string ("cmd": "serve --port $PORT0")
+ * is an environment variable for the instance's shell, not a template
+ * variable: Marathon files use them and must deploy unchanged. Template
+ * variables are lower-case by convention ($environment, $instances). */
+static bool env_style(const char *name, size_t len)
+{
+    for (size_t k = 0; k < len; k++) {
+        char c = name[k];
+        if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+            return false;
+    }
+    return len > 0;
+}
+
 static void report_missing(fill_t *f, const char *name, size_t len, size_t line)
 {
     for (size_t i = 0; i < f->n_missing; i++)
@@ -223,6 +237,8 @@ int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, siz
         const spec_var_t *var = find_var(vars, n_vars, text + name_at, name_len);
         if (var)
             substitute(&f, var, in_string, line);
+        else if (in_string && env_style(text + name_at, name_len))
+            out_append(&f, text + i, next - i); /* $PORT0 in a cmd: the shell's */
         else
             report_missing(&f, text + name_at, name_len, line);
         i = next;

@@ -111,7 +111,8 @@ def test_events_verb(drover):
     drover.put("/v1/kv/a", "1")
     drover.cli("deploy", "-", input='{"id": "/x/y", "cmd": "sleep 1"}')
     env = dict(os.environ, DROVER_ADDR=drover.url)
-    p = subprocess.Popen([BIN, "events", "--from", "1", "--json"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([BIN, "events", "--from", "1", "--json", "--type", "kv,app,version"],
+                         stdout=subprocess.PIPE,
                          text=True, env=env)
     lines = [p.stdout.readline() for _ in range(3)]
     p.terminate()

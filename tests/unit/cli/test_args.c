@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The cli module links deploy.c, which uses the spec module; unit tests of
  * cli link only core, cli and http, so the one spec function is stubbed. */
@@ -251,34 +252,131 @@ static void test_cli_parse_exit_codes(void **state)
     free(ctx.addr);
 }
 
+/* Run cli_main with stdout and stderr captured (it writes to the real
+ * streams, as the binary does). */
+static int run_main(int argc, char **argv, char **out, char **err)
+{
+    fflush(stdout);
+    fflush(stderr);
+    FILE *fo = tmpfile(), *fe = tmpfile();
+    assert_non_null(fo);
+    assert_non_null(fe);
+    int so = dup(1), se = dup(2);
+    dup2(fileno(fo), 1);
+    dup2(fileno(fe), 2);
+    int rc = cli_main(argc, argv);
+    fflush(stdout);
+    fflush(stderr);
+    dup2(so, 1);
+    dup2(se, 2);
+    close(so);
+    close(se);
+    FILE *fs[2] = {fo, fe};
+    char **dst[2] = {out, err};
+    for (int i = 0; i < 2; i++) {
+        long n = ftell(fs[i]);
+        *dst[i] = xcalloc((size_t)n + 1, 1);
+        rewind(fs[i]);
+        assert_int_equal(fread(*dst[i], 1, (size_t)n, fs[i]), (size_t)n);
+        fclose(fs[i]);
+    }
+    return rc;
+}
+
+/* Paths that never reach the network: the exit code, and the message
+ * naming the problem on stderr with nothing on stdout. */
 static void test_main_usage_errors(void **state)
 {
     (void)state;
-    /* Only paths that never reach the network. */
-    char *a1[] = {"drover", "frobnicate"};
-    assert_int_equal(cli_main(2, a1), CLI_EXIT_USAGE);
-    char *a2[] = {"drover", "kv", "nope"};
-    assert_int_equal(cli_main(3, a2), CLI_EXIT_USAGE);
-    char *a3[] = {"drover", "apps", "--bogus"};
-    assert_int_equal(cli_main(3, a3), CLI_EXIT_USAGE);
-    char *a4[] = {"drover", "deploy", "x.json", "--var", "novalue"};
-    assert_int_equal(cli_main(5, a4), CLI_EXIT_USAGE);
-    char *a5[] = {"drover", "kv", "put", "k", "v", "--cas", "abc"};
-    assert_int_equal(cli_main(7, a5), CLI_EXIT_USAGE);
-    char *a6[] = {"drover", "kv", "get", "k", "--wait", "soon", "--index", "3"};
-    assert_int_equal(cli_main(8, a6), CLI_EXIT_USAGE);
-    char *a7[] = {"drover", "events", "--from", "-1"};
-    assert_int_equal(cli_main(4, a7), CLI_EXIT_USAGE);
-    char *a8[] = {"drover", "--addr"};
-    assert_int_equal(cli_main(2, a8), CLI_EXIT_USAGE);
-    char *a9[] = {"drover", "app"};
-    assert_int_equal(cli_main(2, a9), CLI_EXIT_USAGE);
-    char *a10[] = {"drover", "status", "--help"};
-    assert_int_equal(cli_main(3, a10), CLI_EXIT_OK);
-    char *a11[] = {"drover", "help", "kv", "get"};
-    assert_int_equal(cli_main(4, a11), CLI_EXIT_OK);
-    char *a12[] = {"drover", "--addr", "127.0.0.1:1", "kv", "--help"};
-    assert_int_equal(cli_main(5, a12), CLI_EXIT_OK);
+    struct {
+        int argc;
+        char *argv[9];
+        int rc;
+        const char *err; /* substring of stderr */
+    } cases[] = {
+        {2, {"drover", "frobnicate"}, 2, "drover: unknown command 'frobnicate'"},
+        {3, {"drover", "kv", "nope"}, 2, "drover: unknown command 'kv nope'"},
+        {3, {"drover", "apps", "--bogus"}, 2, "drover: unknown flag --bogus\nusage: drover apps"},
+        {5,
+         {"drover", "deploy", "x.json", "--var", "novalue"},
+         2,
+         "--var novalue: expected NAME=VALUE"},
+        {4,
+         {"drover", "deploy", "/nonexistent/x.json", "--no-template"},
+         1,
+         "drover: cannot open /nonexistent/x.json"},
+        {7, {"drover", "kv", "put", "k", "v", "--cas", "abc"}, 2, "--cas abc: expected a revision"},
+        {8,
+         {"drover", "kv", "get", "k", "--wait", "soon", "--index", "3"},
+         2,
+         "--wait soon: expected a duration"},
+        {5, {"drover", "kv", "get", "k", "--wait=5s"}, 2, "--wait needs --index"},
+        {4, {"drover", "events", "--from", "-1"}, 2, "--from -1: expected a revision"},
+        {2, {"drover", "--addr"}, 2, "--addr needs a value"},
+        {3, {"drover", "--addr=", "apps"}, 2, "empty API address"},
+        {2, {"drover", "app"}, 2, "drover: app needs a command"},
+        {3, {"drover", "app", "show"}, 2, "drover: missing argument\nusage: drover app show ID"},
+        {5, {"drover", "app", "show", "a", "b"}, 2, "unexpected argument 'b'"},
+        {4, {"drover", "--addr", "127.0.0.1:9", "dev"}, 2, "'dev' must be the first argument"},
+        {3, {"drover", "help", "nope"}, 2, "unknown command 'nope'"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *out, *err;
+        int rc = run_main(cases[i].argc, cases[i].argv, &out, &err);
+        if (rc != cases[i].rc || !strstr(err, cases[i].err) || *out)
+            fail_msg("case %zu (%s): rc %d, stdout [%s], stderr [%s]", i, cases[i].argv[1], rc, out,
+                     err);
+        free(out);
+        free(err);
+    }
+}
+
+static void test_main_help(void **state)
+{
+    (void)state;
+    struct {
+        int argc;
+        char *argv[6];
+        const char *out;
+    } cases[] = {
+        {3, {"drover", "status", "--help"}, "usage: drover status [--json]\n"},
+        {4, {"drover", "help", "kv", "get"}, "usage: drover kv get KEY"},
+        {5, {"drover", "--addr", "127.0.0.1:1", "kv", "--help"}, "kv put KEY VALUE|-"},
+        {3, {"drover", "app", "-h"}, "app versions ID"},
+        {2, {"drover", "help"}, "Processes:"},
+        {2, {"drover", "--help"}, "Observe:"},
+        {4, {"drover", "deploy", "--help", "--bogus"}, "--var NAME=VALUE"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *out, *err;
+        int rc = run_main(cases[i].argc, cases[i].argv, &out, &err);
+        if (rc != 0 || !strstr(out, cases[i].out) || *err)
+            fail_msg("case %zu: rc %d, stdout [%s], stderr [%s]", i, rc, out, err);
+        /* Help fits a terminal. */
+        for (char *l = out; *l;) {
+            size_t n = strcspn(l, "\n");
+            if (n > 100)
+                fail_msg("case %zu: help line over 100 columns: %.*s", i, (int)n, l);
+            l += n + (l[n] ? 1 : 0);
+        }
+        free(out);
+        free(err);
+    }
+}
+
+/* A transport failure is exit 1 with the address and a hint. */
+static void test_main_transport_error(void **state)
+{
+    (void)state;
+    char *argv[] = {"drover", "--addr", "http://127.0.0.1:1", "status"};
+    char *out, *err;
+    assert_int_equal(run_main(4, argv, &out, &err), CLI_EXIT_ERROR);
+    assert_string_equal(out, "");
+    assert_non_null(strstr(err, "drover: "));
+    assert_non_null(strstr(err, "127.0.0.1:1"));
+    assert_non_null(strstr(err, "is drover running"));
+    free(out);
+    free(err);
 }
 
 static void test_usage_lists_every_verb(void **state)
@@ -289,11 +387,11 @@ static void test_usage_lists_every_verb(void **state)
     FILE *f = open_memstream(&b, &n);
     cli_usage(f);
     fclose(f);
-    const char *want[] = {"Processes:", "Apps:", "Config:", "Observe:", "\n  dev ",
-                          "\n  server ", "\n  apps ", "\n  app show ID", "\n  app rm ID",
-                          "\n  deploy FILE", "\n  versions ID", "\n  kv get KEY",
-                          "\n  kv put KEY", "\n  kv del KEY", "\n  kv ls", "\n  events ",
-                          "\n  status ", "DROVER_ADDR"};
+    const char *want[] = {
+        "Processes:",      "Apps:",          "Config:",         "Observe:",       "\n  dev ",
+        "\n  server ",     "\n  apps ",      "\n  app show ID", "\n  app rm ID",  "\n  deploy FILE",
+        "\n  versions ID", "\n  kv get KEY", "\n  kv put KEY",  "\n  kv del KEY", "\n  kv ls",
+        "\n  events ",     "\n  status ",    "DROVER_ADDR"};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         assert_non_null(strstr(b, want[i]));
     free(b);
@@ -312,6 +410,8 @@ int main(void)
         cmocka_unit_test(test_var_parse),
         cmocka_unit_test(test_cli_parse_exit_codes),
         cmocka_unit_test(test_main_usage_errors),
+        cmocka_unit_test(test_main_help),
+        cmocka_unit_test(test_main_transport_error),
         cmocka_unit_test(test_usage_lists_every_verb),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

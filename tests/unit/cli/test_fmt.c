@@ -43,8 +43,13 @@ static void test_time_parse(void **state)
     assert_int_equal(ms, 1795262400000LL);
     assert_int_equal(cli_time_parse("2026-11-21T09:30:00-02:30", &ms), 0);
     assert_int_equal(ms, 1795262400000LL);
-    const char *bad[] = {"", "2026-11-21", "2026-11-21T12:00:00", "2026-13-01T00:00:00Z",
-                         "2026-11-21T12:00:00.Z", "2026-11-21T12:00:00Zjunk", "x026-11-21T12:00:00Z",
+    const char *bad[] = {"",
+                         "2026-11-21",
+                         "2026-11-21T12:00:00",
+                         "2026-13-01T00:00:00Z",
+                         "2026-11-21T12:00:00.Z",
+                         "2026-11-21T12:00:00Zjunk",
+                         "x026-11-21T12:00:00Z",
                          "2026-11-21T25:00:00Z"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(cli_time_parse(bad[i], &ms), -EINVAL);
@@ -59,9 +64,17 @@ static void test_age(void **state)
         int64_t s;
         const char *want;
     } cases[] = {
-        {-5, "0s ago"},    {0, "0s ago"},     {59, "59s ago"},    {60, "1m ago"},
-        {3599, "59m ago"}, {3600, "1h ago"},  {86399, "23h ago"}, {86400, "1d ago"},
-        {364 * 86400, "364d ago"}, {365 * 86400, "1y ago"}, {3 * 365 * 86400 + 5, "3y ago"},
+        {-5, "0s ago"},
+        {0, "0s ago"},
+        {59, "59s ago"},
+        {60, "1m ago"},
+        {3599, "59m ago"},
+        {3600, "1h ago"},
+        {86399, "23h ago"},
+        {86400, "1d ago"},
+        {364 * 86400, "364d ago"},
+        {365 * 86400, "1y ago"},
+        {3 * 365 * 86400 + 5, "3y ago"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         cli_age_format(cases[i].s, b, sizeof(b));
@@ -103,6 +116,18 @@ static void test_url_escape_and_app_path(void **state)
     buf_t small = BUF_INIT(4);
     assert_int_equal(cli_url_escape(&small, "a b", false), -ENOBUFS);
     buf_free(&small);
+
+    /* "." and ".." segments are escaped so no client resolves them away. */
+    buf_t d = BUF_INIT(0);
+    assert_int_equal(cli_url_escape(&d, "a/../b/./c/.d/e./.../..", true), 0);
+    assert_string_equal(d.data, "a/%2E%2E/b/%2E/c/.d/e./.../%2E%2E");
+    buf_reset(&d);
+    assert_int_equal(cli_url_escape(&d, "..", true), 0);
+    assert_string_equal(d.data, "%2E%2E");
+    buf_reset(&d);
+    assert_int_equal(cli_url_escape(&d, "1.5", false), 0);
+    assert_string_equal(d.data, "1.5");
+    buf_free(&d);
 
     char *p = cli_app_path("/production/web", NULL);
     assert_string_equal(p, "/v1/apps/production/web");
@@ -164,6 +189,14 @@ static void test_base64_len_and_json_text(void **state)
         assert_string_equal(s, want[i]);
         free(s);
     }
+    json_t *real = json_real(1.15);
+    char *r = cli_json_text(real);
+    assert_string_equal(r, "1.15");
+    free(r);
+    r = cli_json_compact(real);
+    assert_string_equal(r, "1.15");
+    free(r);
+    json_decref(real);
     char *s = cli_json_text(NULL);
     assert_string_equal(s, "-");
     free(s);
@@ -220,14 +253,10 @@ static void test_read_input_bounded(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_time_parse),
-        cmocka_unit_test(test_age),
-        cmocka_unit_test(test_duration),
-        cmocka_unit_test(test_url_escape_and_app_path),
-        cmocka_unit_test(test_value_display),
-        cmocka_unit_test(test_base64_len_and_json_text),
-        cmocka_unit_test(test_error_message),
-        cmocka_unit_test(test_read_input_bounded),
+        cmocka_unit_test(test_time_parse),    cmocka_unit_test(test_age),
+        cmocka_unit_test(test_duration),      cmocka_unit_test(test_url_escape_and_app_path),
+        cmocka_unit_test(test_value_display), cmocka_unit_test(test_base64_len_and_json_text),
+        cmocka_unit_test(test_error_message), cmocka_unit_test(test_read_input_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

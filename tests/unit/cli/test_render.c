@@ -108,7 +108,8 @@ static void test_app_show_full(void **state)
     (void)state;
     json_t *j = parse(
         "{\"id\": \"/production/web\", \"version\": 3,"
-        " \"created_at\": \"2026-11-21T12:00:00.000Z\", \"updated_at\": \"2026-11-21T12:30:00.000Z\","
+        " \"created_at\": \"2026-11-21T12:00:00.000Z\", \"updated_at\": "
+        "\"2026-11-21T12:30:00.000Z\","
         " \"spec\": {\"id\": \"/production/web\", \"kind\": \"service\", \"instances\": 2,"
         "   \"cpus\": 0.5, \"mem\": 256, \"cmd\": \"python3 -m http.server $PORT\","
         "   \"args\": [\"--bind\", \"0.0.0.0\", \"two words\"],"
@@ -284,7 +285,8 @@ static void test_kv_table(void **state)
     (void)state;
     json_t *j = parse(
         "[{\"key\": \"config/web/PORT\", \"value\": \"8080\", \"mod_revision\": 9},"
-        " {\"key\": \"config/web/cert\", \"value\": \"-----BEGIN CERTIFICATE-----\\nMIIBIjANBgkqhkiG9w0\","
+        " {\"key\": \"config/web/cert\", \"value\": \"-----BEGIN "
+        "CERTIFICATE-----\\nMIIBIjANBgkqhkiG9w0\","
         "  \"mod_revision\": 12},"
         " {\"key\": \"config/web/blob\", \"value_base64\": \"AAEC/w==\", \"mod_revision\": 13}]");
     cap_t c;

@@ -176,16 +176,19 @@ static void check_line(const char *id, const char *type, const char *data, const
 static void test_event_lines(void **state)
 {
     (void)state;
-    check_line("42", "app.updated",
-               "{\"type\":\"app.updated\",\"revision\":42,\"id\":\"/production/web\",\"version\":3}",
-               "42      app.updated      /production/web version=3");
+    check_line(
+        "42", "app.updated",
+        "{\"type\":\"app.updated\",\"revision\":42,\"id\":\"/production/web\",\"version\":3}",
+        "42      app.updated      /production/web version=3");
     check_line("43", "app.deleted", "{\"type\":\"app.deleted\",\"revision\":43,\"id\":\"/p/w\"}",
                "43      app.deleted      /p/w");
-    check_line("44", "kv.put",
-               "{\"type\":\"kv.put\",\"revision\":44,\"key\":\"config/web/PORT\",\"mod_revision\":44}",
-               "44      kv.put           config/web/PORT mod_revision=44");
+    check_line(
+        "44", "kv.put",
+        "{\"type\":\"kv.put\",\"revision\":44,\"key\":\"config/web/PORT\",\"mod_revision\":44}",
+        "44      kv.put           config/web/PORT mod_revision=44");
     /* No revision in the data: the SSE id; neither: "-". */
-    check_line("", "reset", "{\"oldest_revision\":10}", "-       reset            oldest_revision=10");
+    check_line("", "reset", "{\"oldest_revision\":10}",
+               "-       reset            oldest_revision=10");
     check_line("9", "reset", "{\"oldest\":10}", "9       reset            oldest=10");
     /* Not JSON: printed as is, on one line. */
     check_line("1", "message", "hello\nworld", "1       message          hello world");
@@ -216,14 +219,10 @@ static void test_event_json_lines(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_basic_event),
-        cmocka_unit_test(test_multiline_data_and_defaults),
-        cmocka_unit_test(test_line_endings),
-        cmocka_unit_test(test_comments_and_empty_events),
-        cmocka_unit_test(test_callback_stops),
-        cmocka_unit_test(test_bounds),
-        cmocka_unit_test(test_event_lines),
-        cmocka_unit_test(test_event_json_lines),
+        cmocka_unit_test(test_basic_event),    cmocka_unit_test(test_multiline_data_and_defaults),
+        cmocka_unit_test(test_line_endings),   cmocka_unit_test(test_comments_and_empty_events),
+        cmocka_unit_test(test_callback_stops), cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_event_lines),    cmocka_unit_test(test_event_json_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

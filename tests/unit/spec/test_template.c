@@ -24,6 +24,23 @@ static void expect_fill(const char *text, const spec_var_t *vars, size_t n, cons
     free(out);
 }
 
+/* Marathon files use $PORT0 / ${HOST} in cmd for the instance's shell:
+ * unset upper-case names inside strings pass through untouched, while a
+ * given --var of that name still fills it and lower-case names stay errors. */
+static void test_env_style_names_pass_through(void **state)
+{
+    expect_fill("{\"cmd\": \"serve --port $PORT0 --host ${HOST}\"}", NULL, 0,
+                "{\"cmd\": \"serve --port $PORT0 --host ${HOST}\"}");
+    spec_var_t v[] = {{"PORT0", "8080"}};
+    expect_fill("\"$PORT0\"", v, 1, "\"8080\"");
+    char *out = NULL;
+    err_t err = {0};
+    assert_int_equal(spec_template_fill("\"$port0\"", 8, NULL, 0, &out, NULL, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "$port0"));
+    /* outside a string an unset name is an error whatever its case */
+    assert_int_equal(spec_template_fill("[$PORT0]", 8, NULL, 0, &out, NULL, &err), -EINVAL);
+}
+
 static void test_dollar_and_braces(void **state)
 {
     spec_var_t v[] = {{"env", "staging"}, {"tag", "abc"}};
@@ -223,6 +240,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dollar_and_braces),
+        cmocka_unit_test(test_env_style_names_pass_through),
         cmocka_unit_test(test_numbers_unquoted_strings_quoted),
         cmocka_unit_test(test_values_escaped),
         cmocka_unit_test(test_missing_vars_all_reported),
