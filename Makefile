@@ -23,7 +23,9 @@ REL_CFLAGS := -O2 -g
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_CFLAGS := -O1 -g $(SAN_FLAGS)
 
-SRC := $(shell find src -name '*.c' | sort)
+# src/shim is the per-instance monitor, its own tiny binary (libc only).
+SRC := $(shell find src -name '*.c' -not -path 'src/shim/*' | sort)
+SHIM_SRC := $(wildcard src/shim/*.c)
 LIB_SRC := $(filter-out src/main.c,$(SRC))
 UNIT_SRC := $(shell find tests/unit -name 'test_*.c' 2>/dev/null | sort)
 
@@ -39,12 +41,15 @@ TEST_DEPS_http :=
 TEST_DEPS_store :=
 TEST_DEPS_spec :=
 TEST_DEPS_api := store spec http
+TEST_DEPS_isolate :=
+TEST_DEPS_agent := isolate http spec
+TEST_DEPS_sched := store spec
 TEST_DEPS_cli := http
 mod_objs = $(filter build/asan/src/core/% $(foreach m,$(1) $(TEST_DEPS_$(1)),build/asan/src/$(m)/%),$(ASAN_LIB_OBJ))
 
 .PHONY: all asan unit check test deps demo lint format fuzz bench clean integration
 
-all: bin/drover
+all: bin/drover bin/drover-shim
 
 bin/drover: $(REL_OBJ)
 	@mkdir -p $(dir $@)
@@ -56,7 +61,19 @@ build/rel/%.o: %.c
 	@echo "  CC      $<"
 	$(Q)$(CC) $(BASE_CFLAGS) $(REL_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
-asan: build/asan/drover $(UNIT_BIN)
+asan: build/asan/drover build/asan/drover-shim $(UNIT_BIN)
+
+# The shim stays small: no libraries but libc, so each instance's monitor
+# costs little memory.
+bin/drover-shim: $(SHIM_SRC)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) -std=c17 -D_GNU_SOURCE $(WARN) -Os -o $@ $^
+
+build/asan/drover-shim: $(SHIM_SRC)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@ (asan)"
+	$(Q)$(CC) -std=c17 -D_GNU_SOURCE $(WARN) $(ASAN_CFLAGS) -o $@ $^
 
 build/asan/drover: $(ASAN_OBJ)
 	@echo "  LD      $@"
@@ -104,10 +121,10 @@ FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,address,undefined
 # Fuzz targets link src/core plus the module named after the first word of
-# the target (fuzz_http_request.c -> src/http).
+# the target (fuzz_http_request.c -> src/http) and that module's TEST_DEPS.
 fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
-build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c src/$$(call fuzz_mod,$$*)/*.c))
+build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c $$(foreach m,$$(call fuzz_mod,$$*) $$(TEST_DEPS_$$(call fuzz_mod,$$*)),src/$$(m)/*.c)))
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ    $@"
 	$(Q)clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)

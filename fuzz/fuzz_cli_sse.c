@@ -3,6 +3,7 @@
  * Property: the events parsed from a stream do not depend on where the
  * stream is cut into chunks (the input's first byte picks the chunk size),
  * and every rendered line is one line with no control characters. */
+#include "agent/artifact.h"
 #include "cli/cli.h"
 #include "core/alloc.h"
 #include "spec/spec.h"
@@ -44,8 +45,25 @@ int http_client_stream(const char *method, const char *url, const http_header_t 
 {
     return err_set(err, -ENOSYS, "fuzz stub");
 }
+int http_client_stream_follow(const char *method, const char *url, const http_header_t *headers,
+                              size_t n_headers, long timeout_ms,
+                              int (*on_data)(const char *p, size_t n, void *data), void *data,
+                              http_client_resp_t *resp, err_t *err)
+{
+    return err_set(err, -ENOSYS, "fuzz stub");
+}
+int http_client_upload(const char *method, const char *url, const http_header_t *headers,
+                       size_t n_headers, const char *path, long timeout_ms,
+                       http_client_resp_t *resp, err_t *err)
+{
+    return err_set(err, -ENOSYS, "fuzz stub");
+}
 int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, size_t n_vars,
                        char **out, size_t *out_len, err_t *err)
+{
+    return err_set(err, -ENOSYS, "fuzz stub");
+}
+int artifact_pack(const char *dir, const char *out, char *id_out, err_t *err)
 {
     return err_set(err, -ENOSYS, "fuzz stub");
 }

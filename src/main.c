@@ -1,6 +1,7 @@
-/* drover: one binary. `dev` and `server` run the control plane; every other
- * verb is the CLI (src/cli/). */
+/* drover: one binary. `dev`, `server` and `agent` run processes; every
+ * other verb is the CLI (src/cli/). */
 #include "cli/cli.h"
+#include "core/alloc.h"
 #include "core/config.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -14,27 +15,88 @@
 
 #define DROVER_VERSION "0.1.0"
 
+/* Flags of the process verbs; each is also a config file key. */
+enum {
+    K_DATA_DIR,
+    K_API,
+    K_STORE,
+    K_LOG_LEVEL,
+    K_LOG_FORMAT,
+    K_SERVER,
+    K_LABELS,
+    K_ADVERTISE,
+    K_LISTEN,
+    K_PORTS,
+    K_HARDEN,
+    K_CONFIG,
+    K_COUNT
+};
+static const char *const main_keys[] = {
+    "data-dir",  "api",    "store", "log-level", "log-format", "server", "labels",
+    "advertise", "listen", "ports", "harden",    "config",     NULL};
+
+/* Which flags each verb takes. */
+static bool main_key_allowed(const char *verb, int k)
+{
+    if (k == K_DATA_DIR || k == K_LOG_LEVEL || k == K_LOG_FORMAT || k == K_CONFIG)
+        return true;
+    if (!strcmp(verb, "server"))
+        return k == K_API || k == K_STORE;
+    if (!strcmp(verb, "agent"))
+        return k >= K_SERVER && k <= K_HARDEN;
+    return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN; /* dev */
+}
+
 static void main_process_usage(FILE *out, const char *verb)
 {
-    if (strcmp(verb, "dev") == 0) {
-        fprintf(out,
-                "usage: drover dev [--data-dir DIR] [--api ADDR] [--log-level L] [--log-format F]\n"
-                "\n"
-                "Run all of drover in one process on this machine: the control plane with its\n"
-                "embedded SQLite store and HTTP API. The default a new user runs.\n"
-                "\n"
-                "  --data-dir DIR    where state is kept (default ./.drover)\n"
-                "  --api ADDR        API listen address (default 127.0.0.1:7400)\n"
-                "  --log-level L     debug, info, warn, error (default info)\n"
-                "  --log-format F    text or json (default text)\n"
-                "\n"
-                "example: drover dev --data-dir /tmp/drover --api 127.0.0.1:7400\n");
+    if (!strcmp(verb, "dev")) {
+        fprintf(
+            out,
+            "usage: drover dev [--data-dir DIR] [--api ADDR] [--ports LO-HI] [--labels K=V,...]\n"
+            "                  [--log-level L] [--log-format F]\n"
+            "\n"
+            "Run all of drover in one process on this machine: the control plane (embedded\n"
+            "SQLite store, HTTP API, placement) and a node agent that runs the instances.\n"
+            "Ctrl-C stops the instances too.\n"
+            "\n"
+            "  --data-dir DIR    where state is kept (default ./.drover)\n"
+            "  --api ADDR        API listen address (default 127.0.0.1:7400)\n"
+            "  --ports LO-HI     host ports for instances (default 20000-32000)\n"
+            "  --labels K=V,...  node labels\n"
+            "  --harden          run instances in their own namespaces with no_new_privs\n"
+            "  --log-level L     debug, info, warn, error (default info)\n"
+            "  --log-format F    text or json (default text)\n"
+            "\n"
+            "example: drover dev --data-dir /tmp/drover --api 127.0.0.1:7400\n");
+    } else if (!strcmp(verb, "agent")) {
+        fprintf(
+            out,
+            "usage: drover agent --server URL [--data-dir DIR] [--labels K=V,...]\n"
+            "                    [--advertise ADDR] [--listen ADDR] [--ports LO-HI] [--harden]\n"
+            "                    [--config FILE] [--log-level L] [--log-format F]\n"
+            "\n"
+            "Run a node agent: registers this machine with the server, runs the instances\n"
+            "assigned to it, health-checks them and reports their state. Stopping the agent\n"
+            "leaves instances running; the next agent on this data dir re-adopts them.\n"
+            "\n"
+            "  --server URL       the API (default $DROVER_ADDR or http://127.0.0.1:7400)\n"
+            "  --data-dir DIR     node id, instance sandboxes and logs (default "
+            "/var/lib/drover-agent)\n"
+            "  --labels K=V,...   node labels for placement constraints (disk=ssd,rack=r1)\n"
+            "  --advertise ADDR   address instances are reached at (default: first non-loopback "
+            "IPv4)\n"
+            "  --listen ADDR      the agent's HTTP endpoint for logs (default 0.0.0.0:7401)\n"
+            "  --ports LO-HI      host ports for instances (default 20000-32000)\n"
+            "  --harden           own namespaces and no_new_privs for instances\n"
+            "\n"
+            "example: drover agent --server http://10.0.0.1:7400 --labels disk=ssd\n");
     } else {
         fprintf(out,
                 "usage: drover server --config FILE [--data-dir DIR] [--api ADDR] [--log-level L]\n"
                 "                     [--log-format F]\n"
                 "\n"
-                "Run the control plane: HTTP/JSON API and store. Flags override the config file.\n"
+                "Run the control plane: HTTP/JSON API, store and placement. Flags override the\n"
+                "config file.\n"
                 "\n"
                 "config file keys (one `key = value` per line, # comments):\n"
                 "  data-dir     where state is kept (default /var/lib/drover)\n"
@@ -47,45 +109,39 @@ static void main_process_usage(FILE *out, const char *verb)
     }
 }
 
-static const char *const main_config_keys[] = {"data-dir",  "api",        "store",
-                                               "log-level", "log-format", NULL};
-
-/* Parse `drover dev|server` flags. Returns 0, 1 for --help, or 2 on a
- * usage error (printed). */
+/* Parse flags into vals[K_*]. Returns 0, 1 for --help, or 2 on a usage
+ * error (printed). */
 static int main_process_args(int argc, char **argv, const char **vals)
 {
+    const char *verb = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h"))
             return 1;
         int k = -1;
-        const char *val = NULL;
-        for (int j = 0; main_config_keys[j]; j++) {
-            size_t n = strlen(main_config_keys[j]);
-            if (strncmp(a, "--", 2) == 0 && strncmp(a + 2, main_config_keys[j], n) == 0 &&
-                (a[2 + n] == '\0' || a[2 + n] == '=')) {
+        for (int j = 0; main_keys[j]; j++) {
+            size_t n = strlen(main_keys[j]);
+            if (!strncmp(a, "--", 2) && !strncmp(a + 2, main_keys[j], n) &&
+                (a[2 + n] == '\0' || a[2 + n] == '='))
                 k = j;
-                val = a[2 + n] == '=' ? a + 3 + n : NULL;
-            }
         }
-        bool is_config = strncmp(a, "--config", 8) == 0 && (a[8] == '\0' || a[8] == '=');
-        if (k < 0 && !is_config) {
-            fprintf(stderr, "drover %s: unknown flag %s (see drover %s --help)\n", argv[1], a,
-                    argv[1]);
+        if (k < 0 || !main_key_allowed(verb, k)) {
+            fprintf(stderr, "drover %s: unknown flag %s (see drover %s --help)\n", verb, a, verb);
             return 2;
         }
-        if (!val) {
-            const char *eq = strchr(a, '=');
-            if (eq) {
-                val = eq + 1;
-            } else if (i + 1 < argc) {
-                val = argv[++i];
-            } else {
-                fprintf(stderr, "drover %s: flag %s needs a value\n", argv[1], a);
-                return 2;
-            }
+        const char *eq = strchr(a, '=');
+        if (k == K_HARDEN && !eq) {
+            vals[k] = "true";
+            continue;
         }
-        vals[is_config ? 5 : k] = val;
+        if (eq) {
+            vals[k] = eq + 1;
+        } else if (i + 1 < argc) {
+            vals[k] = argv[++i];
+        } else {
+            fprintf(stderr, "drover %s: flag %s needs a value\n", verb, a);
+            return 2;
+        }
     }
     return 0;
 }
@@ -93,8 +149,8 @@ static int main_process_args(int argc, char **argv, const char **vals)
 static int main_process(int argc, char **argv)
 {
     const char *verb = argv[1];
-    bool dev = strcmp(verb, "dev") == 0;
-    const char *vals[6] = {0}; /* config keys in main_config_keys order, then --config */
+    bool dev = !strcmp(verb, "dev"), agent = !strcmp(verb, "agent");
+    const char *vals[K_COUNT] = {0};
     int rc = main_process_args(argc, argv, vals);
     if (rc == 1) {
         main_process_usage(stdout, verb);
@@ -104,49 +160,85 @@ static int main_process(int argc, char **argv)
         return rc;
     config_t *cfg = NULL;
     err_t err = {0};
-    if (vals[5]) {
-        if (config_load(vals[5], &cfg, &err) || config_check_known(cfg, main_config_keys, &err)) {
+    if (vals[K_CONFIG]) {
+        const char *known[K_COUNT + 1];
+        int n = 0;
+        for (int j = 0; j < K_CONFIG; j++)
+            if (main_key_allowed(verb, j))
+                known[n++] = main_keys[j];
+        known[n] = NULL;
+        if (config_load(vals[K_CONFIG], &cfg, &err) || config_check_known(cfg, known, &err)) {
             fprintf(stderr, "drover %s: %s\n", verb, err.msg);
             config_free(cfg);
             return 2;
         }
-        for (int j = 0; main_config_keys[j]; j++)
-            if (!vals[j])
-                vals[j] = config_get(cfg, main_config_keys[j]);
-    } else if (!dev) {
+        for (int j = 0; j < K_CONFIG; j++)
+            if (!vals[j] && main_key_allowed(verb, j))
+                vals[j] = config_get(cfg, main_keys[j]);
+    } else if (!dev && !agent) {
         fprintf(stderr, "drover server: --config FILE is required (see drover server --help)\n");
         return 2;
     }
     log_level_t level = LOG_INFO;
     log_format_t format = LOG_TEXT;
-    if (vals[3] && log_level_parse(vals[3], &level)) {
+    if (vals[K_LOG_LEVEL] && log_level_parse(vals[K_LOG_LEVEL], &level)) {
         fprintf(stderr, "drover %s: log-level %s: expected debug, info, warn or error\n", verb,
-                vals[3]);
+                vals[K_LOG_LEVEL]);
         rc = 2;
     }
-    if (vals[4] && log_format_parse(vals[4], &format)) {
-        fprintf(stderr, "drover %s: log-format %s: expected text or json\n", verb, vals[4]);
+    if (vals[K_LOG_FORMAT] && log_format_parse(vals[K_LOG_FORMAT], &format)) {
+        fprintf(stderr, "drover %s: log-format %s: expected text or json\n", verb,
+                vals[K_LOG_FORMAT]);
         rc = 2;
     }
-    const char *store = vals[2] ? vals[2] : "sqlite";
+    const char *store = vals[K_STORE] ? vals[K_STORE] : "sqlite";
     if (strcmp(store, "sqlite") != 0) {
         fprintf(stderr, "drover %s: store %s: only sqlite is available in this build\n", verb,
                 store);
         rc = 2;
     }
+    bool harden = vals[K_HARDEN] && strcmp(vals[K_HARDEN], "false") && strcmp(vals[K_HARDEN], "0");
     if (rc) {
         config_free(cfg);
         return rc;
     }
     log_setup(level, format);
+    /* API calls, artifact unpacking and log reads share libuv's pool; the
+     * default of 4 threads would let one slow server stall the rest. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
+
     server_options_t so = {
-        .data_dir = vals[0] ? vals[0] : (dev ? "./.drover" : "/var/lib/drover"),
-        .api_addr = vals[1] ? vals[1] : "127.0.0.1:7400",
-        .store_backend = store,
         .mode = verb,
+        .data_dir = vals[K_DATA_DIR] ? vals[K_DATA_DIR] : (dev ? "./.drover" : "/var/lib/drover"),
+        .api_addr = vals[K_API] ? vals[K_API] : "127.0.0.1:7400",
+        .store_backend = store,
         .shutdown_grace_ms = 5000,
+        .run_control_plane = !agent,
+        .run_agent = dev || agent,
+        .stop_instances_on_exit = dev,
     };
+    char *dev_agent_dir = NULL, *dev_server_url = NULL;
+    so.agent.labels = vals[K_LABELS];
+    so.agent.ports = vals[K_PORTS];
+    so.agent.harden = harden;
+    if (dev) {
+        dev_agent_dir = xasprintf("%s/agent", so.data_dir);
+        dev_server_url = xasprintf("http://%s", so.api_addr);
+        so.agent.data_dir = dev_agent_dir;
+        so.agent.server_url = dev_server_url;
+        so.agent.advertise = "127.0.0.1";
+        so.agent.listen = "127.0.0.1:0";
+    } else if (agent) {
+        const char *env = getenv("DROVER_ADDR");
+        so.agent.server_url =
+            vals[K_SERVER] ? vals[K_SERVER] : (env && *env ? env : "http://127.0.0.1:7400");
+        so.agent.data_dir = vals[K_DATA_DIR] ? vals[K_DATA_DIR] : "/var/lib/drover-agent";
+        so.agent.advertise = vals[K_ADVERTISE];
+        so.agent.listen = vals[K_LISTEN];
+    }
     rc = server_run(&so);
+    free(dev_agent_dir);
+    free(dev_server_url);
     config_free(cfg);
     return rc ? 1 : 0;
 }
@@ -162,7 +254,7 @@ int main(int argc, char **argv)
         printf("drover %s\n", DROVER_VERSION);
         return 0;
     }
-    if (!strcmp(argv[1], "dev") || !strcmp(argv[1], "server"))
+    if (!strcmp(argv[1], "dev") || !strcmp(argv[1], "server") || !strcmp(argv[1], "agent"))
         return main_process(argc, argv);
     return cli_main(argc, argv);
 }

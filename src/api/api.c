@@ -142,6 +142,29 @@ int api_parse_blocking(const http_req_t *req, int64_t *index, int64_t *wait_ms, 
     return 0;
 }
 
+json_t *api_record_parse(const store_kv_t *kv)
+{
+    json_error_t je;
+    json_t *v = json_loadb(kv->value, kv->value_len, 0, &je);
+    if (!v || !json_is_object(v)) {
+        log_error("api", "stored record %s is not a JSON object: %s", kv->key, je.text);
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Only an artifact upload needs more than the server's default body limit;
+ * every other route keeps the small one, so a stray big request is refused
+ * before its body is read. */
+size_t api_body_limit(const char *method, const char *path, void *data)
+{
+    if (strcmp(method, "POST") == 0 &&
+        (strcmp(path, "/v1/artifacts") == 0 || strcmp(path, "/v1/artifacts/") == 0))
+        return API_ARTIFACT_MAX;
+    return 0;
+}
+
 static void api_status(api_t *api, http_req_t *req)
 {
     if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD")) {
@@ -166,6 +189,12 @@ void api_handle(http_req_t *req, void *data)
         api_apps_handle(api, req, p + strlen("/v1/apps"));
     } else if (strcmp(p, "/v1/kv") == 0 || str_has_prefix(p, "/v1/kv/")) {
         api_kv_handle(api, req, p[6] ? p + 7 : "");
+    } else if (strcmp(p, "/v1/nodes") == 0 || str_has_prefix(p, "/v1/nodes/")) {
+        api_nodes_handle(api, req, p + strlen("/v1/nodes"));
+    } else if (strcmp(p, "/v1/instances") == 0 || str_has_prefix(p, "/v1/instances/")) {
+        api_instances_handle(api, req, p + strlen("/v1/instances"));
+    } else if (strcmp(p, "/v1/artifacts") == 0 || str_has_prefix(p, "/v1/artifacts/")) {
+        api_artifacts_handle(api, req, p + strlen("/v1/artifacts"));
     } else if (strcmp(p, "/v1/events") == 0) {
         api_events_handle(api, req);
     } else if (strcmp(p, "/v1/status") == 0) {

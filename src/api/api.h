@@ -18,6 +18,8 @@ typedef struct api api_t;
 typedef struct api_options {
     const char *store_backend; /* reported by /v1/status */
     int64_t sse_ping_ms;       /* event-stream keep-alive comment interval (default 15 s) */
+    const char *data_dir;      /* artifacts live in <data_dir>/artifacts (borrowed; NULL: the
+                                  artifact endpoints answer 503) */
 } api_options_t;
 
 /* `store` is borrowed and must outlive the api. */
@@ -25,5 +27,12 @@ api_t *api_new(uv_loop_t *loop, store_t *store, const api_options_t *opts);
 void api_free(api_t *api);
 /* http_handler_fn; `data` is the api_t. */
 void api_handle(http_req_t *req, void *data);
+
+/* Largest artifact upload (POST /v1/artifacts). */
+#define API_ARTIFACT_MAX ((size_t)256 << 20)
+/* For http_limits_t.body_limit (body_limit_data: the api_t): lets POST
+ * /v1/artifacts carry API_ARTIFACT_MAX, every other request the server's
+ * max_body_bytes. */
+size_t api_body_limit(const char *method, const char *path, void *data);
 
 #endif

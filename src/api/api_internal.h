@@ -5,6 +5,7 @@
 #include "api/api.h"
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 struct api {
@@ -22,6 +23,23 @@ struct api {
 #define API_KV_PREFIX       "/kv/"
 #define API_KV_VALUE_MAX    (512 * 1024)
 #define API_KV_KEY_MAX      512
+/* Node agents (src/sched/assign.c uses the same layout):
+ *   /nodes/<node-id>             node record, attached to the node's lease
+ *   /assign/<node-id>/<inst-id>  an instance the node should run (placement)
+ *   /instances/<inst-id>         the instance's actual state (agent reports)
+ *   /lastfailure<app-id>         the app's last failed instance */
+#define API_NODES_PREFIX       "/nodes/"
+#define API_ASSIGN_PREFIX      "/assign/"
+#define API_INSTANCES_PREFIX   "/instances/"
+#define API_LASTFAILURE_PREFIX "/lastfailure"
+#define API_NODE_LEASE_TTL_S   15
+#define API_NODE_HEARTBEAT_S   5
+#define API_NODE_ID_MAX        63
+/* An instance id is the app id's segments joined by '_', a '.', and
+ * API_INSTANCE_RAND_LEN lowercase hex digits. */
+#define API_INSTANCE_RAND_LEN 12
+#define API_INSTANCE_ID_MAX   (255 + 1 + API_INSTANCE_RAND_LEN)
+#define API_INSTANCE_BODY_MAX (64 * 1024)
 
 /* Answer with `body` (stolen) as JSON, X-Drover-Index set to `index` (or the
  * store's current revision when 0). */
@@ -44,7 +62,18 @@ uint64_t api_now_ms(void);
  * message in err. */
 int api_parse_blocking(const http_req_t *req, int64_t *index, int64_t *wait_ms, err_t *err);
 
+/* Node ids: [a-z0-9][a-z0-9.-]{0,62}. */
+bool api_node_id_valid(const char *id);
+/* Check an instance id; on success *app_out (optional) is the app id it
+ * belongs to ("/a/b", malloc'd). -EINVAL with err naming the problem. */
+int api_instance_id_check(const char *id, char **app_out, err_t *err);
+/* Parse a stored JSON object record; NULL (logged) for junk. */
+json_t *api_record_parse(const store_kv_t *kv);
+
 void api_apps_handle(api_t *api, http_req_t *req, const char *rest);
+void api_nodes_handle(api_t *api, http_req_t *req, const char *rest);
+void api_instances_handle(api_t *api, http_req_t *req, const char *rest);
+void api_artifacts_handle(api_t *api, http_req_t *req, const char *rest);
 void api_kv_handle(api_t *api, http_req_t *req, const char *key);
 void api_events_handle(api_t *api, http_req_t *req);
 

@@ -96,18 +96,53 @@ static void apps_list_done(int status, const err_t *err, const store_result_t *r
 /* ---- get one ---- */
 
 /* Records are stored as canonical JSON, so a read answers with the stored
- * bytes as they are: no parse, no serialisation on the hot path. */
+ * bytes as they are: no parse, no serialisation on the hot path. The app's
+ * last failure (a record of its own, written with the failed instance's
+ * report) is spliced in before the closing brace. */
 static void apps_get_done(int status, const err_t *err, const store_result_t *res, void *data)
 {
     app_call_t *c = data;
     const store_op_result_t *op = status ? NULL : &res->ops[0];
-    if (status)
+    const store_op_result_t *fop = status ? NULL : &res->ops[1];
+    if (status) {
         api_reply_store_error(c->api, c->req, status, err);
-    else if (!op->n_kvs)
+    } else if (!op->n_kvs) {
         api_reply_error(c->api, c->req, 404, NULL, "app %s not found", c->id);
-    else
-        api_reply_raw_json(c->api, c->req, 200, op->kvs[0].value, op->kvs[0].value_len, res->rev);
+    } else {
+        const store_kv_t *kv = &op->kvs[0];
+        const char *end = kv->value_len ? memrchr(kv->value, '}', kv->value_len) : NULL;
+        const store_kv_t *fkv = fop->n_kvs ? &fop->kvs[0] : NULL;
+        if (!end || !fkv || !fkv->value_len || fkv->value[0] != '{') {
+            api_reply_raw_json(c->api, c->req, 200, kv->value, kv->value_len, res->rev);
+        } else {
+            static const char field[] = ",\"lastTaskFailure\":";
+            size_t head = (size_t)(end - kv->value);
+            size_t len = head + sizeof(field) - 1 + fkv->value_len + (kv->value_len - head);
+            char *text = xmalloc(len + 1);
+            memcpy(text, kv->value, head);
+            memcpy(text + head, field, sizeof(field) - 1);
+            memcpy(text + head + sizeof(field) - 1, fkv->value, fkv->value_len);
+            memcpy(text + len - (kv->value_len - head), end, kv->value_len - head);
+            text[len] = '\0';
+            api_reply_raw_json(c->api, c->req, 200, text, len, res->rev);
+            free(text);
+        }
+    }
     app_call_free(c);
+}
+
+static void apps_get(app_call_t *c)
+{
+    char *fkey = xasprintf("%s%s", API_LASTFAILURE_PREFIX, c->id);
+    store_op_t ops[2] = {
+        {.type = STORE_OP_GET, .key = c->app_key},
+        {.type = STORE_OP_GET, .key = fkey},
+    };
+    if (store_txn(c->api->store, NULL, 0, ops, 2, NULL, 0, apps_get_done, c)) {
+        api_reply_error(c->api, c->req, 503, NULL, "store unavailable");
+        app_call_free(c);
+    }
+    free(fkey);
 }
 
 /* ---- create / update ---- */
@@ -303,11 +338,15 @@ static void apps_delete(app_call_t *c)
 {
     store_cmp_t cmp = {
         .key = c->app_key, .target = STORE_CMP_VERSION, .op = STORE_CMP_GT, .num = 0};
-    store_op_t ops[2] = {
+    /* The last failure goes too: a new app of the same id starts clean. */
+    char *fkey = xasprintf("%s%s", API_LASTFAILURE_PREFIX, c->id);
+    store_op_t ops[3] = {
         {.type = STORE_OP_DELETE, .key = c->app_key},
         {.type = STORE_OP_DELETE, .key = c->versions_prefix, .prefix = true},
+        {.type = STORE_OP_DELETE, .key = fkey},
     };
-    int rc = store_txn(c->api->store, &cmp, 1, ops, 2, NULL, 0, apps_delete_done, c);
+    int rc = store_txn(c->api->store, &cmp, 1, ops, 3, NULL, 0, apps_delete_done, c);
+    free(fkey);
     if (rc) {
         api_reply_store_error(c->api, c->req, rc, NULL);
         app_call_free(c);
@@ -439,11 +478,7 @@ void api_apps_handle(api_t *api, http_req_t *req, const char *rest)
     }
 
     if (apps_method(req, "GET")) {
-        app_call_t *c = app_call_new(api, req, id);
-        if (store_get(api->store, c->app_key, false, apps_get_done, c)) {
-            api_reply_error(api, req, 503, NULL, "store unavailable");
-            app_call_free(c);
-        }
+        apps_get(app_call_new(api, req, id));
     } else if (apps_method(req, "PUT")) {
         apps_write(api, req, id);
     } else if (apps_method(req, "DELETE")) {

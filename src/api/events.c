@@ -92,6 +92,33 @@ static json_t *ev_translate(const store_event_t *e)
         free(app);
         return ev;
     }
+    if (str_has_prefix(key, API_NODES_PREFIX)) {
+        const char *id = key + strlen(API_NODES_PREFIX);
+        if (!put)
+            return json_pack("{s:s, s:I, s:s}", "type", "node.lost", "revision", rev, "id", id);
+        json_t *rec = json_loadb(e->kv.value, e->kv.value_len, 0, NULL);
+        json_t *addr = json_object_get(rec, "address");
+        json_t *ev = json_pack("{s:s, s:I, s:s, s:O}", "type", "node.registered", "revision", rev,
+                               "id", id, "address", addr ? addr : json_null());
+        json_decref(rec);
+        return ev;
+    }
+    if (str_has_prefix(key, API_INSTANCES_PREFIX)) {
+        const char *id = key + strlen(API_INSTANCES_PREFIX);
+        if (!put)
+            return json_pack("{s:s, s:I, s:s}", "type", "instance.removed", "revision", rev, "id",
+                             id);
+        json_t *rec = json_loadb(e->kv.value, e->kv.value_len, 0, NULL);
+        json_t *ev =
+            json_pack("{s:s, s:I, s:s}", "type", "instance.state", "revision", rev, "id", id);
+        static const char *const fields[] = {"app", "version", "node", "state", "reason"};
+        for (size_t i = 0; i < sizeof(fields) / sizeof(*fields); i++) {
+            json_t *v = json_object_get(rec, fields[i]);
+            json_object_set(ev, fields[i], v ? v : json_null());
+        }
+        json_decref(rec);
+        return ev;
+    }
     if (str_has_prefix(key, API_KV_PREFIX)) {
         const char *k = key + strlen(API_KV_PREFIX);
         if (put)
@@ -134,23 +161,33 @@ static void ev_on_events(store_watch_t *w, int status, const store_event_t *even
         ev_stream_end(s);
         return;
     }
+    /* Translate and filter first, so the id can go on the last event
+     * actually sent for each revision: a client resuming from that id has
+     * seen the whole revision, whatever its filter dropped. */
+    json_t **out = xcalloc(n ? n : 1, sizeof(json_t *));
     for (size_t i = 0; i < n; i++) {
-        json_t *ev = ev_translate(&events[i]);
-        if (!ev)
-            continue;
-        const char *type = json_string_value(json_object_get(ev, "type"));
-        if (ev_filter_match(s, type)) {
-            char *text = json_dumps(ev, JSON_COMPACT);
-            /* The id goes on the last event of a revision only: a client
-             * that resumes from it has seen the whole revision. */
-            bool last_of_rev = i + 1 == n || events[i + 1].kv.mod_rev != events[i].kv.mod_rev;
-            if (last_of_rev)
-                buf_printf(&b, "id: %" PRId64 "\n", events[i].kv.mod_rev);
-            buf_printf(&b, "event: %s\ndata: %s\n\n", type, text);
-            free(text);
+        out[i] = ev_translate(&events[i]);
+        if (out[i] && !ev_filter_match(s, json_string_value(json_object_get(out[i], "type")))) {
+            json_decref(out[i]);
+            out[i] = NULL;
         }
-        json_decref(ev);
     }
+    for (size_t i = 0; i < n; i++) {
+        if (!out[i])
+            continue;
+        int64_t rev = events[i].kv.mod_rev;
+        bool last_of_rev = true;
+        for (size_t j = i + 1; j < n && events[j].kv.mod_rev == rev; j++)
+            last_of_rev &= out[j] == NULL;
+        char *text = json_dumps(out[i], JSON_COMPACT);
+        if (last_of_rev)
+            buf_printf(&b, "id: %" PRId64 "\n", rev);
+        buf_printf(&b, "event: %s\ndata: %s\n\n",
+                   json_string_value(json_object_get(out[i], "type")), text);
+        free(text);
+        json_decref(out[i]);
+    }
+    free(out);
     ev_write(s, &b);
     buf_free(&b);
 }

@@ -163,6 +163,29 @@ static void show_time(FILE *out, const char *label, const char *ts, int64_t now_
     free(s);
 }
 
+/* The app's last failed instance, the first thing to look at when an app
+ * does not come up: "<at> instance <id> <reason>". Only when the server
+ * recorded one. The reason is the agent's text, shown escaped so it stays
+ * on one line. */
+static void show_failure(FILE *out, const json_t *f)
+{
+    if (!json_is_object(f))
+        return;
+    const char *at = json_str(f, "at"), *inst = json_str(f, "instance");
+    json_t *r = json_object_get(f, "reason");
+    char *reason = json_is_string(r) && json_string_length(r)
+                       ? cli_value_display(json_string_value(r), json_string_length(r), 200)
+                       : NULL;
+    char *s = xasprintf("%s instance %s%s%s", at ? at : "-", inst ? inst : "-", reason ? " " : "",
+                        reason ? reason : "");
+    for (char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    show_line(out, "last failure", s);
+    free(s);
+    free(reason);
+}
+
 /* The summary answers "what is running and how is it configured" at a
  * glance; everything else is one `--json` away. */
 void cli_app_show(const json_t *app, int64_t now_ms, FILE *out)
@@ -223,10 +246,21 @@ void cli_app_show(const json_t *app, int64_t now_ms, FILE *out)
     show_list(out, "routes", json_object_get(spec, "routes"), show_route_item);
     show_time(out, "created", json_str(app, "created_at"), now_ms);
     show_time(out, "updated", json_str(app, "updated_at"), now_ms);
+    show_failure(out, json_object_get(app, "lastTaskFailure"));
     show_list(out, "warnings", json_object_get(app, "warnings"), show_warning_item);
 }
 
 /* ---- verbs -------------------------------------------------------------- */
+
+int cli_app_exists(cli_ctx_t *ctx, const char *app, err_t *err)
+{
+    char *path = cli_app_path(app, NULL);
+    http_client_resp_t resp;
+    int rc = cli_api(ctx, "GET", path, NULL, NULL, 0, CLI_TIMEOUT_MS, &resp, err);
+    http_client_resp_free(&resp);
+    free(path);
+    return rc;
+}
 
 static int app_get_json(cli_ctx_t *ctx, const char *path, bool raw, json_t **out)
 {

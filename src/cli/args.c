@@ -56,9 +56,17 @@ int cli_args_parse(int argc, char **argv, cli_opt_t *opts, size_t n_opts, cli_ar
             out->help = true;
             continue;
         }
-        if (a[1] != '-')
-            return err_set(err, -EINVAL,
-                           "unknown flag %s (put `--` before a value that starts with '-')", a);
+        if (a[1] != '-') {
+            cli_opt_t *s = NULL;
+            for (size_t k = 0; a[2] == '\0' && k < n_opts && !s; k++)
+                if (opts[k].short_name == a[1] && opts[k].type == CLI_OPT_FLAG)
+                    s = &opts[k];
+            if (!s)
+                return err_set(err, -EINVAL,
+                               "unknown flag %s (put `--` before a value that starts with '-')", a);
+            s->count++;
+            continue;
+        }
         const char *name = a + 2;
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
@@ -138,6 +146,8 @@ void cli_cmd_help(const cli_cmd_t *cmd, const cli_opt_t *opts, size_t n_opts, FI
         char left[64];
         if (opts[i].metavar)
             snprintf(left, sizeof(left), "--%s %s", opts[i].name, opts[i].metavar);
+        else if (opts[i].short_name)
+            snprintf(left, sizeof(left), "-%c, --%s", opts[i].short_name, opts[i].name);
         else
             snprintf(left, sizeof(left), "--%s", opts[i].name);
         fprintf(out, "  %-18s %s%s\n", left, opts[i].help,

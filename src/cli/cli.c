@@ -17,9 +17,10 @@ typedef struct cli_verb {
 } cli_verb_t;
 
 static const cli_verb_t cli_verbs[] = {
-    {"apps", cli_cmd_apps},         {"app", cli_cmd_app}, {"deploy", cli_cmd_deploy},
-    {"versions", cli_cmd_versions}, {"kv", cli_cmd_kv},   {"events", cli_cmd_events},
-    {"status", cli_cmd_status},
+    {"apps", cli_cmd_apps},         {"app", cli_cmd_app},       {"deploy", cli_cmd_deploy},
+    {"versions", cli_cmd_versions}, {"push", cli_cmd_push},     {"ps", cli_cmd_ps},
+    {"logs", cli_cmd_logs},         {"nodes", cli_cmd_nodes},   {"kv", cli_cmd_kv},
+    {"events", cli_cmd_events},     {"status", cli_cmd_status},
 };
 
 void cli_usage(FILE *out)
@@ -29,6 +30,7 @@ void cli_usage(FILE *out)
           "Processes:\n"
           "  dev                      run server, agent and gateway in one process (SQLite store)\n"
           "  server                   run the control plane (API, store, scheduler)\n"
+          "  agent                    run a node agent that runs instances (--server URL)\n"
           "\n"
           "Apps:\n"
           "  apps                     list apps\n"
@@ -37,6 +39,12 @@ void cli_usage(FILE *out)
           "  app versions ID          same as `drover versions ID`\n"
           "  deploy FILE              create or update an app from a spec (--var, --dry-run)\n"
           "  versions ID              list the versions of an app\n"
+          "  push DIR                 upload a directory as an artifact for specs to run\n"
+          "\n"
+          "Instances:\n"
+          "  ps [APP]                 list instances: node, address, state (--all for ended)\n"
+          "  logs APP|INSTANCE        print an instance's output (-f follows; --tail N)\n"
+          "  nodes                    list the node agents and their resources\n"
           "\n"
           "Config:\n"
           "  kv get KEY               print a value (--index/--wait block for a change)\n"
@@ -124,6 +132,29 @@ int cli_api(cli_ctx_t *ctx, const char *method, const char *path, const char *co
         hdr[n_hdr++] = (http_header_t){"Content-Type", content_type};
     err_t terr = {0};
     int rc = http_client_request(method, url, hdr, n_hdr, body, len, timeout_ms, resp, &terr);
+    free(url);
+    if (rc < 0) {
+        if (err)
+            *err = terr;
+        return api_transport_error(ctx, rc, err);
+    }
+    if (resp->status < 200 || resp->status > 299) {
+        char msg[ERR_MSG_MAX];
+        cli_error_message(resp->status, resp->body.data, resp->body.len, msg, sizeof(msg));
+        return err_set(err, -EPROTO, "%s", msg);
+    }
+    return 0;
+}
+
+int cli_api_upload(cli_ctx_t *ctx, const char *method, const char *path, const char *content_type,
+                   const char *file, long timeout_ms, http_client_resp_t *resp, err_t *err)
+{
+    http_client_resp_init(resp, CLI_MAX_RESPONSE);
+    char *url = xasprintf("%s%s", ctx->addr, path);
+    http_header_t hdr[2] = {{"Accept", "application/json"}, {"Content-Type", content_type}};
+    err_t terr = {0};
+    int rc =
+        http_client_upload(method, url, hdr, content_type ? 2 : 1, file, timeout_ms, resp, &terr);
     free(url);
     if (rc < 0) {
         if (err)
@@ -239,7 +270,7 @@ int cli_main(int argc, char **argv)
     }
     const cli_verb_t *v = cli_verb_find(verb);
     if (!v) {
-        if (strcmp(verb, "dev") == 0 || strcmp(verb, "server") == 0)
+        if (strcmp(verb, "dev") == 0 || strcmp(verb, "server") == 0 || strcmp(verb, "agent") == 0)
             fprintf(stderr,
                     "drover: '%s' must be the first argument (it takes --api ADDR, not --addr)\n",
                     verb);

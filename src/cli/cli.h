@@ -72,6 +72,7 @@ typedef enum cli_opt_type {
 typedef struct cli_opt {
     const char *name; /* without dashes: "json" */
     cli_opt_type_t type;
+    char short_name;     /* 'f' for -f (flags only); '\0' when none */
     const char *metavar; /* for help: "R"; NULL for flags */
     const char *help;
     /* Filled by cli_args_parse: */
@@ -83,6 +84,11 @@ typedef struct cli_opt {
 #define CLI_FLAG(n, h)                                                                             \
     {                                                                                              \
         .name = (n), .type = CLI_OPT_FLAG, .help = (h)                                             \
+    }
+/* A flag that also has a one-letter form (`-f` for `--follow`). */
+#define CLI_FLAG_SHORT(n, s, h)                                                                    \
+    {                                                                                              \
+        .name = (n), .type = CLI_OPT_FLAG, .short_name = (s), .help = (h)                          \
     }
 #define CLI_VALUE(n, m, h)                                                                         \
     {                                                                                              \
@@ -102,9 +108,9 @@ typedef struct cli_args {
 
 /* Parse argv[0..argc) (the words after the verb). Flags are `--name`,
  * `--name value` or `--name=value`, anywhere among the positionals; `--`
- * ends flags; `-` alone is a positional (stdin); `-h` is --help; `--addr`
- * is accepted everywhere. Any other word starting with '-' is an unknown
- * flag: -EINVAL with err naming it. On success the caller frees with
+ * ends flags; `-` alone is a positional (stdin); `-h` is --help; `-x` is
+ * the flag whose short_name is 'x'; `--addr` is accepted everywhere. Any other word starting with
+ * '-' is an unknown flag: -EINVAL with err naming it. On success the caller frees with
  * cli_args_free, also on failure (it is always safe). */
 int cli_args_parse(int argc, char **argv, cli_opt_t *opts, size_t n_opts, cli_args_t *out,
                    err_t *err);
@@ -156,9 +162,17 @@ int cli_fail(cli_ctx_t *ctx, const char *fmt, ...) __attribute__((format(printf,
  * negative errno with the transport problem otherwise. */
 int cli_api(cli_ctx_t *ctx, const char *method, const char *path, const char *content_type,
             const void *body, size_t len, long timeout_ms, http_client_resp_t *resp, err_t *err);
+/* cli_api with the body read from the file at `path` while it is sent
+ * (uploads of up to hundreds of MiB). Same results as cli_api. */
+int cli_api_upload(cli_ctx_t *ctx, const char *method, const char *path, const char *content_type,
+                   const char *file, long timeout_ms, http_client_resp_t *resp, err_t *err);
 /* cli_api for a JSON answer: *out is the parsed 2xx body (caller owns). */
 int cli_api_json(cli_ctx_t *ctx, const char *method, const char *path, const void *body, size_t len,
                  http_client_resp_t *resp, json_t **out, err_t *err);
+/* 0 when GET /v1/apps/<app> answers 2xx; else as cli_api (-EPROTO with
+ * "app /x not found" for a missing app). For verbs that read another
+ * resource by app and must tell "no such app" from "nothing there". */
+int cli_app_exists(cli_ctx_t *ctx, const char *app, err_t *err);
 /* The message of an error answer: its JSON "error", else the first line of
  * a text body, else "HTTP <status>". Writes at most n bytes with a NUL. */
 void cli_error_message(int status, const char *body, size_t len, char *msg, size_t n);
@@ -277,6 +291,34 @@ int cli_var_parse(const char *arg, char **name, const char **value, err_t *err);
 void cli_kv_table(const json_t *list, FILE *out);
 /* status.c */
 void cli_status_print(const json_t *status, const char *addr, FILE *out);
+/* ps.c: the instances listing. Without `all`, instances that ended as
+ * asked (finished, killed) are left out. Rows sorted by app, then id. */
+void cli_ps_table(const json_t *instances, bool all, int64_t now_ms, FILE *out);
+/* "host:port,port" ("host" without ports, "-" without host); malloc'd. */
+char *cli_instance_address(const json_t *inst);
+/* The state as shown: "failed (crash loop)" for a failed instance with 3
+ * or more restarts, else the state ("-" when missing); malloc'd. */
+char *cli_instance_state(const json_t *inst);
+/* nodes.c */
+void cli_nodes_table(const json_t *nodes, int64_t now_ms, FILE *out);
+/* "512 MiB", "16 GiB", "15.5 GiB". */
+void cli_mem_format(int64_t mb, char *out, size_t n);
+/* logs.c */
+/* True when s has the form of an instance id: "<app with '_' for '/'>.<12
+ * lowercase hex digits>", no '/'. */
+bool cli_instance_id_like(const char *s);
+/* "/v1/instances/<id>/logs?..." for tail (< 0: the agent's default),
+ * follow and stream ("stdout", "stderr" or NULL for both). malloc'd. */
+char *cli_logs_path(const char *id, int64_t tail, bool follow, const char *stream);
+/* Which of an app's instances (an /v1/instances "instances" array) `drover
+ * logs` reads: `instance` when given (-ESRCH when not among them), the only
+ * one, or every one sorted by id; with `follow` there must be exactly one
+ * (-EINVAL, err naming the ids, when there are several). -ENOENT when there
+ * are none. *ids is a malloc'd array of strings borrowed from instances. */
+int cli_logs_pick(const json_t *instances, const char *app, const char *instance, bool follow,
+                  const char ***ids, size_t *n_ids, err_t *err);
+/* push.c: "pushed DIR as sha256:<hex> (N bytes)" and the spec hint. */
+void cli_push_print(const char *dir, const json_t *answer, FILE *out);
 
 /* ---- verbs -------------------------------------------------------------- */
 
@@ -287,5 +329,9 @@ int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_kv(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_events(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_status(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_ps(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_nodes(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_logs(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_push(cli_ctx_t *ctx, int argc, char **argv);
 
 #endif

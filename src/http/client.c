@@ -8,12 +8,16 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define CLIENT_MAX_HEADERS        (64 * 1024)
 #define CLIENT_CONNECT_TIMEOUT_MS 10000L
@@ -68,8 +72,13 @@ typedef struct client_ctx {
     int fail; /* -E2BIG when a callback stopped the transfer over a limit */
     const char *fail_what;
     size_t fail_limit;
-    bool stopped; /* on_data asked to stop: not an error */
+    bool stopped;             /* on_data asked to stop: not an error */
     const atomic_int *cancel; /* non-zero: abort the transfer (-ECANCELED) */
+    CURL *h;                  /* the transfer, for its status while the body streams */
+    bool follow;              /* follow redirects (http_client_stream_follow) */
+    int body_fd;              /* >= 0: the request body is read from this file */
+    uint64_t body_left;       /* bytes of body_fd still to send */
+    int body_errno;           /* reading body_fd failed with this */
 } client_ctx_t;
 
 /* libcurl calls this about once a second and on every chunk; it is how a
@@ -107,6 +116,13 @@ static size_t client_on_body(char *p, size_t size, size_t n, void *ud)
     client_ctx_t *ctx = ud;
     size_t len = size * n;
     if (ctx->on_data) {
+        /* The status is known once the headers are in; a streaming caller
+         * needs it to tell an error answer from the stream it asked for. */
+        if (ctx->resp->status == 0) {
+            long status = 0;
+            curl_easy_getinfo(ctx->h, CURLINFO_RESPONSE_CODE, &status);
+            ctx->resp->status = (int)status;
+        }
         if (ctx->on_data(p, len, ctx->data)) {
             ctx->stopped = true;
             return 0;
@@ -120,6 +136,30 @@ static size_t client_on_body(char *p, size_t size, size_t n, void *ud)
         return 0;
     }
     return len;
+}
+
+/* The request body of http_client_upload, read as curl sends it so a
+ * large file never sits in memory. A file that shrank under us ends the
+ * transfer with an error rather than a short body. */
+static size_t client_on_read(char *p, size_t size, size_t n, void *ud)
+{
+    client_ctx_t *ctx = ud;
+    size_t want = size * n;
+    if (want > ctx->body_left)
+        want = (size_t)ctx->body_left;
+    if (want == 0)
+        return 0;
+    for (;;) {
+        ssize_t got = read(ctx->body_fd, p, want);
+        if (got > 0) {
+            ctx->body_left -= (uint64_t)got;
+            return (size_t)got;
+        }
+        if (got < 0 && errno == EINTR)
+            continue;
+        ctx->body_errno = got < 0 ? errno : EIO;
+        return CURL_READFUNC_ABORT;
+    }
 }
 
 /* Name the transport problem the way a user can act on it. */
@@ -165,6 +205,7 @@ static int client_perform(const char *method, const char *url, const http_header
     CURL *h = curl_easy_init();
     if (!h)
         return err_set(err, -ENOMEM, "curl_easy_init failed");
+    ctx->h = h;
     struct curl_slist *hl = NULL;
     char errbuf[CURL_ERROR_SIZE] = "";
     int rc = 0;
@@ -199,6 +240,11 @@ static int client_perform(const char *method, const char *url, const http_header
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     if (timeout_ms > 0)
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+    if (ctx->follow) {
+        curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(h, CURLOPT_MAXREDIRS, (long)HTTP_CLIENT_MAX_REDIRECTS);
+        curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    }
     if (ctx->cancel) {
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, client_on_progress);
@@ -210,7 +256,14 @@ static int client_perform(const char *method, const char *url, const http_header
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
         bool wants_body = strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
                           strcmp(method, "PATCH") == 0;
-        if (body || wants_body) {
+        if (ctx->body_fd >= 0) {
+            /* CURLOPT_POST with a read callback and a known size: the body
+             * goes out with a Content-Length, whatever the method's name. */
+            curl_easy_setopt(h, CURLOPT_POST, 1L);
+            curl_easy_setopt(h, CURLOPT_READFUNCTION, client_on_read);
+            curl_easy_setopt(h, CURLOPT_READDATA, ctx);
+            curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)ctx->body_left);
+        } else if (body || wants_body) {
             curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? (const char *)body : "");
             curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
         }
@@ -231,8 +284,19 @@ static int client_perform(const char *method, const char *url, const http_header
         rc = err_set(err, -ECANCELED, "%s %s: cancelled", method, url);
         goto out;
     }
+    if (cc == CURLE_ABORTED_BY_CALLBACK && ctx->body_errno) {
+        rc = err_set(err, -ctx->body_errno, "%s %s: reading the request body: %s", method, url,
+                     strerror(ctx->body_errno));
+        goto out;
+    }
     if (cc != CURLE_OK) {
-        rc = client_error(h, cc, method, url, errbuf, timeout_ms, err);
+        /* After a redirect, the host that failed is the one redirected
+         * to: name it, not the one that answered. */
+        const char *where = url;
+        char *eff = NULL;
+        if (ctx->follow && curl_easy_getinfo(h, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff)
+            where = eff;
+        rc = client_error(h, cc, method, where, errbuf, timeout_ms, err);
         goto out;
     }
     log_debug("http", "%s %s -> %d", method, url, resp->status);
@@ -247,7 +311,7 @@ int http_client_request(const char *method, const char *url, const http_header_t
                         size_t n_headers, const void *body, size_t len, long timeout_ms,
                         http_client_resp_t *resp, err_t *err)
 {
-    client_ctx_t ctx = {.resp = resp};
+    client_ctx_t ctx = {.resp = resp, .body_fd = -1};
     return client_perform(method, url, headers, n_headers, body, len, timeout_ms, &ctx, err);
 }
 
@@ -257,7 +321,7 @@ int http_client_request_cancellable(const char *method, const char *url,
                                     const atomic_int *cancel, http_client_resp_t *resp,
                                     err_t *err)
 {
-    client_ctx_t ctx = {.resp = resp, .cancel = cancel};
+    client_ctx_t ctx = {.resp = resp, .cancel = cancel, .body_fd = -1};
     return client_perform(method, url, headers, n_headers, body, len, timeout_ms, &ctx, err);
 }
 
@@ -266,6 +330,39 @@ int http_client_stream(const char *method, const char *url, const http_header_t 
                        int (*on_data)(const char *p, size_t n, void *data), void *data,
                        http_client_resp_t *resp, err_t *err)
 {
-    client_ctx_t ctx = {.resp = resp, .on_data = on_data, .data = data};
+    client_ctx_t ctx = {.resp = resp, .on_data = on_data, .data = data, .body_fd = -1};
     return client_perform(method, url, headers, n_headers, body, len, 0, &ctx, err);
+}
+
+int http_client_stream_follow(const char *method, const char *url, const http_header_t *headers,
+                              size_t n_headers, long timeout_ms,
+                              int (*on_data)(const char *p, size_t n, void *data), void *data,
+                              http_client_resp_t *resp, err_t *err)
+{
+    client_ctx_t ctx = {
+        .resp = resp, .on_data = on_data, .data = data, .follow = true, .body_fd = -1};
+    return client_perform(method, url, headers, n_headers, NULL, 0, timeout_ms, &ctx, err);
+}
+
+int http_client_upload(const char *method, const char *url, const http_header_t *headers,
+                       size_t n_headers, const char *path, long timeout_ms,
+                       http_client_resp_t *resp, err_t *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(err, -errno, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return err_set(err, -e, "cannot stat %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return err_set(err, -EINVAL, "%s is not a regular file", path);
+    }
+    client_ctx_t ctx = {.resp = resp, .body_fd = fd, .body_left = (uint64_t)st.st_size};
+    int rc = client_perform(method, url, headers, n_headers, NULL, 0, timeout_ms, &ctx, err);
+    close(fd);
+    return rc;
 }

@@ -39,10 +39,39 @@ int http_client_request_cancellable(const char *method, const char *url,
 
 /* Like http_client_request, but the body is handed to on_data as it arrives
  * (for event streams and blocking queries); on_data returns non-zero to
- * stop. resp->body stays empty. */
+ * stop. resp->body stays empty. Added: resp->status and resp->headers
+ * already hold the response's status and headers when on_data first runs,
+ * so it can tell an error answer from the stream it asked for. */
 int http_client_stream(const char *method, const char *url, const http_header_t *headers,
                        size_t n_headers, const void *body, size_t len,
                        int (*on_data)(const char *p, size_t n, void *data), void *data,
+                       http_client_resp_t *resp, err_t *err);
+
+/* Most redirects http_client_stream_follow takes before giving up. */
+#define HTTP_CLIENT_MAX_REDIRECTS 5
+
+/* http_client_stream without a request body that follows redirects (301,
+ * 302, 303, 307, 308; http and https only; at most
+ * HTTP_CLIENT_MAX_REDIRECTS), for endpoints that send the reader elsewhere
+ * (GET /v1/instances/<id>/logs answers 307 to the node's agent). The
+ * bodies of the redirects are skipped: on_data sees the final response
+ * only, and resp->status/headers are the final response's. A transport
+ * error names the URL that failed (the redirect's target). timeout_ms 0 =
+ * none (a followed log stream never ends by itself). */
+int http_client_stream_follow(const char *method, const char *url, const http_header_t *headers,
+                              size_t n_headers, long timeout_ms,
+                              int (*on_data)(const char *p, size_t n, void *data), void *data,
+                              http_client_resp_t *resp, err_t *err);
+
+/* http_client_request whose body is the file at `path`, read while it is
+ * sent (with a Content-Length) so a large upload never sits in memory.
+ * Pass the Content-Type in headers (libcurl would otherwise send its form
+ * default).
+ * -errno with err naming the file when it cannot be opened or read; a
+ * file that is not regular is -EINVAL. The answer goes in resp as for
+ * http_client_request (bounded by its max_body). */
+int http_client_upload(const char *method, const char *url, const http_header_t *headers,
+                       size_t n_headers, const char *path, long timeout_ms,
                        http_client_resp_t *resp, err_t *err);
 
 #endif

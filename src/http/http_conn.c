@@ -756,12 +756,20 @@ static int conn_on_headers_complete(http_parser *p)
     /* Two framings disagreeing is how requests are smuggled past proxies. */
     if (has_cl && has_te)
         return conn_reject(c, 400, "request has both Content-Length and Transfer-Encoding");
-    bool chunked = p->flags & F_CHUNKED;
-    if (!chunked && p->content_length != ULLONG_MAX && p->content_length > s->lim.max_body_bytes)
-        return conn_reject(c, 413, "request body of %llu bytes exceeds %zu bytes",
-                           (unsigned long long)p->content_length, s->lim.max_body_bytes);
     if (conn_target(c, p->method == HTTP_CONNECT))
         return -1;
+    /* The route decides how big its body may be; known only now that the
+     * path is decoded. */
+    c->body.max = s->lim.max_body_bytes;
+    if (s->lim.body_limit) {
+        size_t lim = s->lim.body_limit(r->method, r->path, s->lim.body_limit_data);
+        if (lim)
+            c->body.max = lim;
+    }
+    bool chunked = p->flags & F_CHUNKED;
+    if (!chunked && p->content_length != ULLONG_MAX && p->content_length > c->body.max)
+        return conn_reject(c, 413, "request body of %llu bytes exceeds %zu bytes",
+                           (unsigned long long)p->content_length, c->body.max);
     bool has_body = chunked || (p->content_length > 0 && p->content_length != ULLONG_MAX);
     if (expect && strcasecmp(expect, "100-continue") == 0 && p->http_minor >= 1 && has_body) {
         /* Goes out when the parse loop flushes, i.e. once it waits for the body. */
@@ -774,7 +782,7 @@ static int conn_on_body(http_parser *p, const char *at, size_t n)
 {
     http_conn_t *c = p->data;
     if (buf_append(&c->body, at, n))
-        return conn_reject(c, 413, "request body exceeds %zu bytes", c->srv->lim.max_body_bytes);
+        return conn_reject(c, 413, "request body exceeds %zu bytes", c->body.max);
     return 0;
 }
 
@@ -1005,6 +1013,17 @@ int http_stream_write(http_req_t *r, const void *data, size_t len)
         (void)buf_append(&c->out, "\r\n", 2);
     conn_flush(c);
     return c->closed ? -EPIPE : 0;
+}
+
+size_t http_stream_pending(const http_req_t *r)
+{
+    const http_conn_t *c = conn_of(r);
+    if (!c->pending || !c->streaming || c->closed)
+        return 0;
+    size_t queued = c->out.len;
+    if (c->srv->loop)
+        queued += uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+    return queued;
 }
 
 void http_stream_end(http_req_t *r)

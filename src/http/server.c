@@ -25,6 +25,8 @@ void http_limits_default(http_limits_t *lim)
     lim->max_connections = 4096;
     lim->max_pending_write = 4 * 1024 * 1024;
     lim->max_pipelined_bytes = 64 * 1024;
+    lim->body_limit = NULL;
+    lim->body_limit_data = NULL;
 }
 
 /* A zero field takes its default, so callers can set only what they mean. */

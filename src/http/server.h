@@ -70,6 +70,13 @@ typedef struct http_limits {
     size_t max_pending_write;   /* bytes queued on a slow streaming client before it is dropped
                                    (default 4 MiB) */
     size_t max_pipelined_bytes; /* bytes buffered behind a pending request (default 64 KiB) */
+    /* Added: per-request body limit. When set, called once the request line
+     * and headers are parsed (method and percent-decoded path as in
+     * http_req_t, valid only during the call; on the loop thread); returns
+     * the largest body that request may carry, 0 meaning max_body_bytes.
+     * Lets one route (an upload) take more than every other. */
+    size_t (*body_limit)(const char *method, const char *path, void *data);
+    void *body_limit_data;
 } http_limits_t;
 
 /* Fill `lim` with the defaults above. */
@@ -109,6 +116,11 @@ void http_respond(http_req_t *r, int status, const http_header_t *headers, size_
  * either way the handler must still call http_stream_end(). */
 int http_stream_begin(http_req_t *r, int status, const http_header_t *headers, size_t n_headers);
 int http_stream_write(http_req_t *r, const void *data, size_t len);
+/* Added: bytes of this stream accepted by http_stream_write() but not yet
+ * taken by the kernel. A handler streaming a large body writes its next
+ * piece only while this stays well under max_pending_write, so a slow
+ * client is paced instead of dropped with -ENOBUFS. */
+size_t http_stream_pending(const http_req_t *r);
 void http_stream_end(http_req_t *r);
 
 /* `cb` runs at most once, when the client disconnects or the server shuts

@@ -5,6 +5,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "http/server.h"
+#include "sched/assign.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -20,6 +21,8 @@ typedef struct server {
     store_t *store;
     http_server_t *http;
     api_t *api;
+    sched_assign_t *assign;
+    agent_t *agent;
     const server_options_t *opts;
     bool stopping;
 } server_t;
@@ -46,12 +49,20 @@ out:
     return rc;
 }
 
+/* Shutdown runs as a chain of steps, each started from the previous one's
+ * completion: agent (its instances report through the API), placement,
+ * HTTP, store, signals. */
+static void server_stop_signals(server_t *s)
+{
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+}
+
 static void server_store_closed(void *data)
 {
     server_t *s = data;
     s->store = NULL;
-    uv_close((uv_handle_t *)&s->sigterm, NULL);
-    uv_close((uv_handle_t *)&s->sigint, NULL);
+    server_stop_signals(s);
 }
 
 static void server_http_closed(void *data)
@@ -60,11 +71,34 @@ static void server_http_closed(void *data)
     s->http = NULL;
     api_free(s->api);
     s->api = NULL;
-    store_close(s->store, server_store_closed, s);
+    if (s->store)
+        store_close(s->store, server_store_closed, s);
+    else
+        server_stop_signals(s);
 }
 
-/* First signal: drain (stop accepting, let requests finish, end streams).
- * A second signal while draining exits at once, as operators expect. */
+static void server_assign_stopped(void *data)
+{
+    server_t *s = data;
+    s->assign = NULL;
+    if (s->http)
+        http_server_shutdown(s->http, s->opts->shutdown_grace_ms, server_http_closed, s);
+    else
+        server_http_closed(s);
+}
+
+static void server_agent_stopped(void *data)
+{
+    server_t *s = data;
+    s->agent = NULL;
+    if (s->assign)
+        sched_assign_stop(s->assign, server_assign_stopped, s);
+    else
+        server_assign_stopped(s);
+}
+
+/* First signal: drain. A second signal while draining exits at once, as
+ * operators expect. */
 static void server_on_signal(uv_signal_t *h, int signum)
 {
     server_t *s = h->data;
@@ -74,55 +108,79 @@ static void server_on_signal(uv_signal_t *h, int signum)
     }
     s->stopping = true;
     log_info("server", "%s received, shutting down", strsignal(signum));
-    http_server_shutdown(s->http, s->opts->shutdown_grace_ms, server_http_closed, s);
+    if (s->agent)
+        agent_stop(s->agent, s->opts->stop_instances_on_exit, server_agent_stopped, s);
+    else
+        server_agent_stopped(s);
+}
+
+static int server_start_control_plane(server_t *s, err_t *err)
+{
+    const server_options_t *opts = s->opts;
+    int rc = server_mkdirs(opts->data_dir, err);
+    if (rc)
+        return rc;
+    char *db = xasprintf("%s/store.db", opts->data_dir);
+    store_options_t so = {.backend = opts->store_backend, .path = db};
+    rc = store_open(&s->loop, &so, &s->store, err);
+    if (rc) {
+        err_wrap(err, rc, "opening store %s", db);
+        free(db);
+        return rc;
+    }
+    free(db);
+    api_options_t ao = {.store_backend = opts->store_backend, .data_dir = opts->data_dir};
+    s->api = api_new(&s->loop, s->store, &ao);
+    http_limits_t lim;
+    http_limits_default(&lim);
+    lim.body_limit = api_body_limit;
+    lim.body_limit_data = s->api;
+    rc = http_server_listen(&s->loop, opts->api_addr, &lim, api_handle, s->api, &s->http, err);
+    if (rc)
+        return err_wrap(err, rc, "API listener on %s", opts->api_addr);
+    rc = sched_assign_start(&s->loop, s->store, &s->assign, err);
+    if (rc)
+        return err_wrap(err, rc, "starting placement");
+    return 0;
 }
 
 int server_run(const server_options_t *opts)
 {
     err_t err = {0};
-    int rc = server_mkdirs(opts->data_dir, &err);
-    if (rc) {
-        log_error("server", "%s", err.msg);
-        return rc;
-    }
     signal(SIGPIPE, SIG_IGN);
-
     server_t s = {0};
     s.opts = opts;
     uv_loop_init(&s.loop);
-
-    char *db = xasprintf("%s/store.db", opts->data_dir);
-    store_options_t so = {.backend = opts->store_backend, .path = db};
-    rc = store_open(&s.loop, &so, &s.store, &err);
-    if (rc) {
-        log_error("server", "opening store %s: %s", db, err_str(&err, rc));
-        free(db);
-        uv_loop_close(&s.loop);
-        return rc;
-    }
-    api_options_t ao = {.store_backend = opts->store_backend};
-    s.api = api_new(&s.loop, s.store, &ao);
-    http_limits_t lim;
-    http_limits_default(&lim);
-    rc = http_server_listen(&s.loop, opts->api_addr, &lim, api_handle, s.api, &s.http, &err);
-    if (rc) {
-        log_error("server", "API listener on %s: %s", opts->api_addr, err_str(&err, rc));
-        api_free(s.api);
-        store_close(s.store, NULL, NULL);
-        uv_run(&s.loop, UV_RUN_DEFAULT);
-        uv_loop_close(&s.loop);
-        free(db);
-        return rc;
-    }
     uv_signal_init(&s.loop, &s.sigterm);
     uv_signal_init(&s.loop, &s.sigint);
     s.sigterm.data = s.sigint.data = &s;
+    /* Watch signals before anything starts: a SIGTERM during startup must
+     * mean a clean stop once the loop runs, not the default instant death. */
     uv_signal_start(&s.sigterm, server_on_signal, SIGTERM);
     uv_signal_start(&s.sigint, server_on_signal, SIGINT);
 
-    log_info("server", "drover %s ready: API http://%s (store %s at %s, revision %lld)", opts->mode,
-             opts->api_addr, opts->store_backend, db, (long long)store_revision(s.store));
-    free(db);
+    int rc = 0;
+    if (opts->run_control_plane)
+        rc = server_start_control_plane(&s, &err);
+    if (!rc && opts->run_agent) {
+        rc = agent_start(&s.loop, &opts->agent, &s.agent, &err);
+        if (rc)
+            err_wrap(&err, rc, "starting the agent");
+    }
+    if (rc) {
+        log_error("server", "%s", err_str(&err, rc));
+        s.stopping = true;
+        server_agent_stopped(&s);
+        uv_run(&s.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s.loop);
+        return rc;
+    }
+    if (opts->run_control_plane)
+        log_info("server", "drover %s ready: API http://%s (store %s in %s, revision %lld)",
+                 opts->mode, opts->api_addr, opts->store_backend, opts->data_dir,
+                 (long long)store_revision(s.store));
+    if (s.agent)
+        log_info("server", "agent on node %s", agent_node_id(s.agent));
     uv_run(&s.loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(&s.loop);
     if (rc)

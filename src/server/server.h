@@ -1,17 +1,24 @@
-/* server: assembles a control-plane process (store + HTTP + API) on one
- * loop and runs it until SIGTERM/SIGINT. `drover dev` and `drover server`
- * are both this, with different defaults; later issues add the agent and
- * the gateway to dev. */
+/* server: assembles a drover process on one loop and runs it until
+ * SIGTERM/SIGINT. `drover server` is the control plane (store, API,
+ * placement); `drover agent` is a node agent; `drover dev` is both in one
+ * process, the agent talking to the API over loopback like any other. */
 #ifndef DROVER_SERVER_H
 #define DROVER_SERVER_H
 
+#include "agent/agent.h"
+
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct server_options {
+    const char *mode;          /* "dev", "server" or "agent", for logs */
+    bool run_control_plane;    /* store + API + placement */
     const char *data_dir;      /* created if missing; holds store.db */
     const char *api_addr;      /* "127.0.0.1:7400" */
     const char *store_backend; /* "sqlite" */
-    const char *mode;          /* "dev" or "server", for logs */
+    bool run_agent;
+    agent_options_t agent;
+    bool stop_instances_on_exit; /* dev: Ctrl-C stops the instances too */
     uint64_t shutdown_grace_ms;
 } server_options_t;
 

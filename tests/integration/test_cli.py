@@ -126,7 +126,7 @@ def test_help_for_every_verb(drover):
     assert r.returncode == 0
     verbs = [["apps"], ["app", "show"], ["app", "rm"], ["deploy"], ["versions"],
              ["kv", "get"], ["kv", "put"], ["kv", "del"], ["kv", "ls"], ["events"],
-             ["status"], ["dev"], ["server"]]
+             ["status"], ["dev"], ["server"], ["ps"], ["logs"], ["nodes"], ["push"]]
     for v in verbs:
         assert v[0] in r.stdout, v
         h = subprocess.run([BIN] + v + ["--help"], capture_output=True, text=True)

@@ -118,3 +118,16 @@ def test_bad_resume_header_is_400(drover):
     s = SSE(drover.port, headers="Last-Event-ID: nope\r\n")
     assert s.status == 400
     s.close()
+
+
+def test_one_id_per_revision(drover):
+    """Several events of one revision carry a single id, on the last one, so a
+    client resuming from an id has seen the whole revision."""
+    for k in ("a", "b", "c"):
+        drover.put(f"/v1/kv/multi/{k}", "1")
+    s = SSE(drover.port, "/v1/events?type=kv.deleted")
+    drover.delete("/v1/kv/multi/?recurse")
+    evs = s.events(3)
+    assert [e["event"] for e in evs] == ["kv.deleted"] * 3
+    assert [("id" in e) for e in evs] == [False, False, True]
+    s.close()

@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 #include "core/alloc.h"
 #include "spec/spec.h"
+#include "agent/artifact.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -26,6 +27,15 @@ int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, siz
     if (out_len)
         *out_len = len;
     return 0;
+}
+
+/* push.c packs with the agent module's artifact_pack; the cli unit tests
+ * do not link src/agent. */
+int artifact_pack(const char *dir, const char *out, char *id_out, err_t *err)
+{
+    (void)out;
+    (void)id_out;
+    return err_set(err, -ENOSYS, "pack %s: not in this test", dir);
 }
 
 enum { O_JSON, O_CAS, O_VAR, O_N };
@@ -137,6 +147,40 @@ static void test_last_value_wins_and_empty_value(void **state)
     assert_int_equal(o[O_CAS].count, 2);
     assert_int_equal(a.n_pos, 1);
     cli_args_free(&a, o, O_N);
+}
+
+/* A flag with a short form takes `-x` alone; other one-dash words stay
+ * errors, and after `--` they are positionals. */
+static void test_short_flags(void **state)
+{
+    (void)state;
+    cli_opt_t o[2] = {CLI_FLAG_SHORT("follow", 'f', "follow"), CLI_VALUE("tail", "N", "tail")};
+    cli_args_t a;
+    err_t err = {0};
+    char *ok[] = {"-f", "APP", "--follow", "--", "-f"};
+    assert_int_equal(cli_args_parse(5, ok, o, 2, &a, &err), 0);
+    assert_int_equal(o[0].count, 2);
+    assert_int_equal(a.n_pos, 2);
+    assert_string_equal(a.pos[0], "APP");
+    assert_string_equal(a.pos[1], "-f");
+    cli_args_free(&a, o, 2);
+    const char *bad[] = {"-ff", "-t", "-x", "-F"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *argv[] = {(char *)bad[i]};
+        assert_int_equal(cli_args_parse(1, argv, o, 2, &a, &err), -EINVAL);
+        assert_non_null(strstr(err.msg, bad[i]));
+        cli_args_free(&a, o, 2);
+    }
+    /* Help names both forms. */
+    char *b = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&b, &n);
+    cli_cmd_t cmd = {"x", "x", "x", "drover x"};
+    cli_cmd_help(&cmd, o, 2, f);
+    fclose(f);
+    assert_non_null(strstr(b, "\n  -f, --follow       follow\n"));
+    assert_non_null(strstr(b, "\n  --tail N           tail\n"));
+    free(b);
 }
 
 static void test_help_and_addr(void **state)
@@ -346,6 +390,10 @@ static void test_main_help(void **state)
         {2, {"drover", "help"}, "Processes:"},
         {2, {"drover", "--help"}, "Observe:"},
         {4, {"drover", "deploy", "--help", "--bogus"}, "--var NAME=VALUE"},
+        {3, {"drover", "ps", "--help"}, "usage: drover ps [APP] [--all] [--json]\n"},
+        {3, {"drover", "logs", "-h"}, "\n  -f, --follow       keep printing"},
+        {3, {"drover", "help", "nodes"}, "usage: drover nodes [--json]\n"},
+        {3, {"drover", "push", "--help"}, "usage: drover push DIR [--json]\n"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char *out, *err;
@@ -391,7 +439,8 @@ static void test_usage_lists_every_verb(void **state)
         "Processes:",      "Apps:",          "Config:",         "Observe:",       "\n  dev ",
         "\n  server ",     "\n  apps ",      "\n  app show ID", "\n  app rm ID",  "\n  deploy FILE",
         "\n  versions ID", "\n  kv get KEY", "\n  kv put KEY",  "\n  kv del KEY", "\n  kv ls",
-        "\n  events ",     "\n  status ",    "DROVER_ADDR"};
+        "\n  events ",     "\n  status ",    "DROVER_ADDR",     "Instances:",     "\n  ps ",
+        "\n  logs ",       "\n  nodes ",     "\n  push DIR",    "\n  agent "};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         assert_non_null(strstr(b, want[i]));
     free(b);
@@ -405,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_unknown_flag_named),
         cmocka_unit_test(test_value_errors),
         cmocka_unit_test(test_last_value_wins_and_empty_value),
+        cmocka_unit_test(test_short_flags),
         cmocka_unit_test(test_help_and_addr),
         cmocka_unit_test(test_ctx_addr),
         cmocka_unit_test(test_var_parse),

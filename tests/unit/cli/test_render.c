@@ -8,7 +8,9 @@
 #include "cli/cli.h"
 #include "core/alloc.h"
 #include "spec/spec.h"
+#include "agent/artifact.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +25,15 @@ int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, siz
     if (out_len)
         *out_len = len;
     return 0;
+}
+
+/* push.c packs with the agent module's artifact_pack; the cli unit tests
+ * do not link src/agent. */
+int artifact_pack(const char *dir, const char *out, char *id_out, err_t *err)
+{
+    (void)out;
+    (void)id_out;
+    return err_set(err, -ENOSYS, "pack %s: not in this test", dir);
 }
 
 /* 2026-11-21T12:35:00Z */
@@ -180,6 +191,37 @@ static void test_app_show_minimal(void **state)
     json_decref(j);
 }
 
+/* GET /v1/apps/<id> carries "lastTaskFailure" once an instance failed. */
+static void test_app_show_last_failure(void **state)
+{
+    (void)state;
+    json_t *j = parse("{\"id\": \"/a\", \"version\": 2, \"spec\": {},"
+                      " \"updated_at\": \"2026-11-21T12:30:00Z\","
+                      " \"lastTaskFailure\": {\"instance\": \"a.5f2c9a1b3d4e\", \"version\": 2,"
+                      "  \"node\": \"n1\", \"state\": \"failed\","
+                      "  \"reason\": \"exited with code 1\\nrestarting\", \"exit_code\": 1,"
+                      "  \"signal\": 0, \"at\": \"2026-11-21T12:34:00.000Z\"}}");
+    cap_t c;
+    cap_open(&c);
+    cli_app_show(j, NOW_MS, c.f);
+    char *s = cap_close(&c);
+    assert_non_null(strstr(s, "updated:    2026-11-21T12:30:00Z (5m ago)\n"
+                              "last failure: 2026-11-21T12:34:00.000Z instance a.5f2c9a1b3d4e "
+                              "exited with code 1\\nrestarting\n"
+                              "warnings:   none\n"));
+    free(s);
+    json_decref(j);
+    /* Without a reason the line ends after the instance. */
+    j = parse("{\"id\": \"/a\", \"lastTaskFailure\": {\"instance\": \"a.5f2c9a1b3d4e\","
+              " \"reason\": null, \"at\": \"2026-11-21T12:34:00Z\"}}");
+    cap_open(&c);
+    cli_app_show(j, NOW_MS, c.f);
+    s = cap_close(&c);
+    assert_non_null(strstr(s, "\nlast failure: 2026-11-21T12:34:00Z instance a.5f2c9a1b3d4e\n"));
+    free(s);
+    json_decref(j);
+}
+
 static void test_deploy_invalid(void **state)
 {
     (void)state;
@@ -323,10 +365,15 @@ static void test_status(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_apps_table),     cmocka_unit_test(test_versions_table),
-        cmocka_unit_test(test_app_show_full),  cmocka_unit_test(test_app_show_minimal),
-        cmocka_unit_test(test_deploy_invalid), cmocka_unit_test(test_deploy_result),
-        cmocka_unit_test(test_deploy_diff),    cmocka_unit_test(test_kv_table),
+        cmocka_unit_test(test_apps_table),
+        cmocka_unit_test(test_versions_table),
+        cmocka_unit_test(test_app_show_full),
+        cmocka_unit_test(test_app_show_minimal),
+        cmocka_unit_test(test_app_show_last_failure),
+        cmocka_unit_test(test_deploy_invalid),
+        cmocka_unit_test(test_deploy_result),
+        cmocka_unit_test(test_deploy_diff),
+        cmocka_unit_test(test_kv_table),
         cmocka_unit_test(test_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -260,6 +260,80 @@ static void test_chunked_body_too_big(void **state)
     expect_error(req, "HTTP/1.1 413 ", "request body exceeds 100 bytes");
 }
 
+/* The body limit hook: one route may take a bigger body than the server
+ * default, the others keep the default, and the route's own limit still
+ * holds (Content-Length and chunked alike). */
+static int hook_calls;
+static char hook_seen[64];
+
+static size_t big_body_limit(const char *method, const char *path, void *data)
+{
+    hook_calls++;
+    snprintf(hook_seen, sizeof(hook_seen), "%s %s", method, path);
+    assert_ptr_equal(data, &hook_calls);
+    return strcmp(method, "POST") == 0 && strcmp(path, "/up load") == 0 ? 1000 : 0;
+}
+
+static void hook_reset(void)
+{
+    http_conn_free_detached(conn);
+    http_server_free_detached(srv);
+    memset(&seen, 0, sizeof(seen));
+    http_limits_t lim;
+    http_limits_default(&lim);
+    lim.max_header_bytes = 1024;
+    lim.max_body_bytes = 100;
+    lim.body_limit = big_body_limit;
+    lim.body_limit_data = &hook_calls;
+    srv = http_server_new_detached(&lim, handler, NULL);
+    conn = http_conn_new_detached(srv);
+}
+
+static void test_body_limit_hook(void **state)
+{
+    (void)state;
+    hook_reset();
+    hook_calls = 0;
+    char req[2048], body[1001];
+    memset(body, 'b', sizeof(body));
+    body[1000] = '\0';
+    /* the upload route takes 1000 bytes, sent as Content-Length and chunked */
+    snprintf(req, sizeof(req), "POST /up%%20load?x=1 HTTP/1.1\r\nContent-Length: 1000\r\n\r\n%s",
+             body);
+    assert_int_equal(feed(req), 0);
+    assert_int_equal(seen.calls, 1);
+    assert_int_equal(seen.body_len, 1000);
+    assert_int_equal(hook_calls, 1);
+    assert_string_equal(hook_seen, "POST /up load");
+    snprintf(
+        req, sizeof(req),
+        "POST /up%%20load HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n%s\r\n0\r\n\r\n",
+        body);
+    assert_int_equal(feed(req), 0);
+    assert_int_equal(seen.calls, 2);
+    assert_int_equal(seen.body_len, 1000);
+    /* the default still holds for the next request on the connection */
+    assert_int_equal(feed("POST /other HTTP/1.1\r\nContent-Length: 101\r\n\r\n"), -EPIPE);
+    assert_int_equal(seen.calls, 2);
+    assert_non_null(strstr(out(), "HTTP/1.1 413 "));
+    assert_non_null(strstr(out(), "request body of 101 bytes exceeds 100 bytes"));
+
+    /* past the route's own limit: 413 naming it, by length and by chunks */
+    hook_reset();
+    expect_error("POST /up%20load HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", "HTTP/1.1 413 ",
+                 "request body of 1001 bytes exceeds 1000 bytes");
+    hook_reset();
+    snprintf(
+        req, sizeof(req),
+        "POST /up%%20load HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n%s\r\n1\r\nx\r\n",
+        body);
+    expect_error(req, "HTTP/1.1 413 ", "request body exceeds 1000 bytes");
+    /* GET on the same path keeps the default */
+    hook_reset();
+    expect_error("GET /up%20load HTTP/1.1\r\nContent-Length: 101\r\n\r\n", "HTTP/1.1 413 ",
+                 "exceeds 100 bytes");
+}
+
 static void test_bad_version(void **state)
 {
     (void)state;
@@ -366,6 +440,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_header_too_big, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_too_big, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chunked_body_too_big, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_body_limit_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http10, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_close, setup, teardown),

@@ -1,0 +1,540 @@
+/* The node agent: node registration and lease, the assignment watch, and
+ * convergence of this node's instances towards it. */
+#include "agent/agent_internal.h"
+
+#include "core/alloc.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/str.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <ifaddrs.h>
+#include <inttypes.h>
+#include <net/if.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#define AGENT_VERSION          "0.1.0"
+#define AGENT_HEARTBEAT_MS     5000
+#define AGENT_WATCH_WAIT       "30s"
+#define AGENT_WATCH_TIMEOUT_MS 40000
+#define AGENT_RETRY_MS         1000
+
+static void agent_register(agent_t *a);
+static void agent_watch(agent_t *a);
+
+const char *agent_node_id(const agent_t *a)
+{
+    return a->node_id;
+}
+
+/* ---- node identity ---- */
+
+/* The node id survives restarts (data_dir/node-id), so a restarted agent is
+ * the same node with the same instances. New ids are the host name plus
+ * random hex, lower-cased to the node id alphabet. */
+static int agent_load_node_id(agent_t *a, err_t *err)
+{
+    char *path = xasprintf("%s/node-id", a->opts.data_dir);
+    FILE *f = fopen(path, "r");
+    char buf[80] = "";
+    if (f) {
+        if (!fgets(buf, sizeof(buf), f))
+            buf[0] = '\0';
+        fclose(f);
+        buf[strcspn(buf, "\r\n")] = '\0';
+    }
+    if (!buf[0]) {
+        char host[64] = "node";
+        gethostname(host, sizeof(host) - 1);
+        size_t j = 0;
+        for (size_t i = 0; host[i] && j < 40; i++) {
+            char c = (char)tolower((unsigned char)host[i]);
+            if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')
+                buf[j++] = c;
+        }
+        if (!j)
+            j = (size_t)snprintf(buf, sizeof(buf), "node");
+        unsigned char rnd[4];
+        RAND_bytes(rnd, sizeof(rnd));
+        snprintf(buf + j, sizeof(buf) - j, "-%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
+        f = fopen(path, "w");
+        if (!f || fprintf(f, "%s\n", buf) < 0 || fclose(f) != 0) {
+            int e = errno;
+            free(path);
+            return err_set(err, -e, "cannot write node id to %s/node-id: %s", a->opts.data_dir,
+                           strerror(e));
+        }
+    }
+    free(path);
+    a->node_id = xstrdup(buf);
+    return 0;
+}
+
+/* First non-loopback IPv4 address: what other nodes can reach. */
+static char *agent_detect_address(void)
+{
+    struct ifaddrs *ifs = NULL;
+    char out[INET_ADDRSTRLEN] = "127.0.0.1";
+    if (getifaddrs(&ifs) == 0) {
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK))
+                continue;
+            inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, out, sizeof(out));
+            break;
+        }
+        freeifaddrs(ifs);
+    }
+    return xstrdup(out);
+}
+
+static int agent_parse_labels(const char *s, json_t *out, err_t *err)
+{
+    if (!s || !*s)
+        return 0;
+    char *copy = xstrdup(s);
+    int rc = 0;
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq || eq == tok) {
+            rc = err_set(err, -EINVAL, "label %s: expected key=value", tok);
+            break;
+        }
+        *eq = '\0';
+        json_object_set_new(out, tok, json_string(eq + 1));
+    }
+    free(copy);
+    return rc;
+}
+
+/* ---- registration and heartbeat ---- */
+
+static json_t *agent_node_record(agent_t *a)
+{
+    struct sysinfo si;
+    sysinfo(&si);
+    json_int_t mem_mb = (json_int_t)((uint64_t)si.totalram * si.mem_unit / (1024 * 1024));
+    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:i, s:I, s:[i,i], s:s, s:[s]}", "id", a->node_id,
+                     "hostname", a->hostname, "address", a->advertise, "agent_url", a->agent_url,
+                     "labels", a->labels, "cpus", (int)sysconf(_SC_NPROCESSORS_ONLN), "mem_mb",
+                     mem_mb, "ports", a->ports.lo, a->ports.hi, "version", AGENT_VERSION,
+                     "isolates", a->isolate->name);
+}
+
+static void agent_retry_fire(uv_timer_t *t)
+{
+    agent_t *a = t->data;
+    if (!a->registered)
+        agent_register(a);
+    else
+        agent_watch(a);
+}
+
+static void agent_retry_later(agent_t *a)
+{
+    if (!a->stopping)
+        uv_timer_start(&a->retry, agent_retry_fire, AGENT_RETRY_MS, 0);
+}
+
+static void agent_registered(agent_t *a, int status, const err_t *err, int http_status,
+                             json_t *body, int64_t index, void *data)
+{
+    if (a->stopping)
+        return;
+    if (status || http_status != 200) {
+        const char *why = status ? err_str(err, status) : json_str(body, "error");
+        log_warn("agent", "registering node %s with %s failed: %s%s; retrying", a->node_id,
+                 a->opts.server_url, why ? why : "", status ? "" : " (HTTP error)");
+        agent_retry_later(a);
+        return;
+    }
+    bool first = !a->registered;
+    a->registered = true;
+    log_info("agent", "node %s registered with %s (address %s, agent %s)", a->node_id,
+             a->opts.server_url, a->advertise, a->agent_url);
+    if (first && !a->watch_busy)
+        agent_watch(a);
+}
+
+static void agent_register(agent_t *a)
+{
+    json_t *rec = agent_node_record(a);
+    char *path = xasprintf("/v1/nodes/%s", a->node_id);
+    remote_call(a, "PUT", path, rec, 10000, agent_registered, NULL);
+    free(path);
+    json_decref(rec);
+}
+
+static void agent_heartbeat_done(agent_t *a, int status, const err_t *err, int http_status,
+                                 json_t *body, int64_t index, void *data)
+{
+    if (a->stopping)
+        return;
+    if (!status && http_status == 404) {
+        /* The lease expired (the server was away too long): the node key
+         * is gone, so register again; instances keep running meanwhile. */
+        log_warn("agent", "node %s lease expired; registering again", a->node_id);
+        a->registered = false;
+        agent_register(a);
+    } else if (status) {
+        log_debug("agent", "heartbeat failed: %s", err_str(err, status));
+    }
+}
+
+static void agent_heartbeat_tick(uv_timer_t *t)
+{
+    agent_t *a = t->data;
+    if (!a->registered)
+        return;
+    char *path = xasprintf("/v1/nodes/%s/heartbeat", a->node_id);
+    remote_call(a, "POST", path, NULL, 5000, agent_heartbeat_done, NULL);
+    free(path);
+    /* Reports that failed while the server was away go again now. */
+    for (inst_t *in = a->insts; in; in = in->next)
+        if (in->report_dirty && !in->report_busy)
+            inst_report(in);
+}
+
+/* ---- convergence ---- */
+
+static inst_t *agent_find(agent_t *a, const char *id)
+{
+    for (inst_t *in = a->insts; in; in = in->next)
+        if (strcmp(in->id, id) == 0)
+            return in;
+    return NULL;
+}
+
+static void agent_converge(agent_t *a, const json_t *assigned)
+{
+    for (inst_t *in = a->insts; in; in = in->next)
+        in->wanted = false;
+    size_t i;
+    const json_t *as;
+    json_array_foreach(assigned, i, as)
+    {
+        const char *id = json_str(as, "id");
+        const char *app = json_str(as, "app");
+        const json_t *spec = json_object_get(as, "spec");
+        if (!id || !app || !json_is_object(spec))
+            continue;
+        inst_t *in = agent_find(a, id);
+        if (in) {
+            if (in->stopping)
+                continue;
+            in->wanted = true;
+            /* Re-adopted but ended while we were away: start it again. */
+            if (!in->proc && !uv_is_active((uv_handle_t *)&in->timer) && in->state != INST_STAGING)
+                inst_launch(in);
+            continue;
+        }
+        in = inst_new(a, id, app, json_integer_value(json_object_get(as, "version")), spec);
+        inst_launch(in);
+    }
+    for (inst_t *in = a->insts, *next; in; in = next) {
+        next = in->next;
+        if (!in->wanted && !in->stopping && !in->removing)
+            inst_stop(in, "no longer assigned to this node");
+    }
+}
+
+static void agent_watch_done(agent_t *a, int status, const err_t *err, int http_status,
+                             json_t *body, int64_t index, void *data)
+{
+    a->watch_busy = false;
+    if (a->stopping || a->draining)
+        return;
+    if (status || http_status != 200) {
+        if (status == -ETIMEDOUT) {
+            agent_watch(a); /* a long poll that outlived its timeout: ask again */
+            return;
+        }
+        log_debug("agent", "assignment watch failed: %s",
+                  status ? err_str(err, status) : json_str(body, "error"));
+        if (!status && http_status == 404)
+            a->registered = false;
+        agent_retry_later(a);
+        return;
+    }
+    agent_converge(a, json_object_get(body, "instances"));
+    a->synced = true;
+    if (index > a->assign_index)
+        a->assign_index = index;
+    agent_watch(a);
+}
+
+static void agent_watch(agent_t *a)
+{
+    if (a->stopping || a->watch_busy)
+        return;
+    a->watch_busy = true;
+    char *path = a->assign_index ? xasprintf("/v1/nodes/%s/assignments?index=%" PRId64 "&wait=%s",
+                                             a->node_id, a->assign_index, AGENT_WATCH_WAIT)
+                                 : xasprintf("/v1/nodes/%s/assignments", a->node_id);
+    remote_call(a, "GET", path, NULL, AGENT_WATCH_TIMEOUT_MS, agent_watch_done, NULL);
+    free(path);
+}
+
+/* ---- removal of stopped instances ---- */
+
+static int agent_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    /* Best effort: a file that cannot go stays, the walk goes on. */
+    if (flag == FTW_DP)
+        (void)rmdir(path);
+    else
+        (void)unlink(path);
+    return 0;
+}
+
+typedef struct agent_rm {
+    uv_work_t work;
+    char *dir;
+} agent_rm_t;
+
+static void agent_rm_work(uv_work_t *w)
+{
+    agent_rm_t *r = w->data;
+    nftw(r->dir, agent_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void agent_rm_after(uv_work_t *w, int status)
+{
+    agent_rm_t *r = w->data;
+    free(r->dir);
+    free(r);
+}
+
+/* The sandbox of a removed instance goes (logs with it), off the loop: a
+ * leftover directory would be "re-adopted" by the next agent start. */
+static void agent_rm_dir(agent_t *a, const char *dir)
+{
+    agent_rm_t *r = xcalloc(1, sizeof(*r));
+    r->dir = xstrdup(dir);
+    r->work.data = r;
+    uv_queue_work(a->loop, &r->work, agent_rm_work, agent_rm_after);
+}
+
+static void agent_drain_check(agent_t *a);
+
+static void agent_removed(agent_t *a, int status, const err_t *err, int http_status, json_t *body,
+                          int64_t index, void *data)
+{
+    inst_t *in = data;
+    in->report_busy = false;
+    if (!a->stopping)
+        agent_rm_dir(a, in->dir);
+    inst_free(in);
+    agent_drain_check(a);
+}
+
+/* An instance stopped for good: unlink it, delete its record once its last
+ * report is through (so the two requests cannot overtake each other), drop
+ * its sandbox, free it. */
+void agent_inst_remove(agent_t *a, inst_t *in)
+{
+    if (!in->removing) {
+        in->removing = true;
+        for (inst_t **pp = &a->insts; *pp; pp = &(*pp)->next) {
+            if (*pp == in) {
+                *pp = in->next;
+                break;
+            }
+        }
+        in->next = NULL;
+    }
+    if (in->report_busy)
+        return; /* inst_report_done calls us again */
+    in->report_busy = true;
+    char *path = xasprintf("/v1/instances/%s", in->id);
+    remote_call(a, "DELETE", path, NULL, 10000, agent_removed, in);
+    free(path);
+}
+
+/* ---- start and stop ---- */
+
+/* Instances started by an earlier agent on this node. */
+static void agent_adopt_all(agent_t *a)
+{
+    char *root = xasprintf("%s/instances", a->opts.data_dir);
+    DIR *d = opendir(root);
+    if (!d) {
+        free(root);
+        return;
+    }
+    struct dirent *e;
+    int adopted = 0, ended = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        inst_t *in = inst_new(a, e->d_name, "", 0, NULL);
+        int rc = inst_adopt(in);
+        if (rc < 0) {
+            log_warn("agent", "instance directory %s/%s holds no instance; ignored", root,
+                     e->d_name);
+            for (inst_t **pp = &a->insts; *pp; pp = &(*pp)->next)
+                if (*pp == in) {
+                    *pp = in->next;
+                    break;
+                }
+            inst_detach(in);
+            continue;
+        }
+        rc == 1 ? adopted++ : ended++;
+    }
+    closedir(d);
+    free(root);
+    if (adopted || ended)
+        log_info("agent", "re-adopted %d running instances; %d ended while the agent was down",
+                 adopted, ended);
+}
+
+static int agent_mkdir(const char *path, err_t *err)
+{
+    if (mkdir(path, 0755) && errno != EEXIST)
+        return err_set(err, -errno, "cannot create %s: %s", path, strerror(errno));
+    return 0;
+}
+
+int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err_t *err)
+{
+    agent_t *a = xcalloc(1, sizeof(*a));
+    a->loop = loop;
+    a->opts = *opts;
+    a->labels = json_object();
+    a->isolate = &isolate_process_ops;
+    int lo = 20000, hi = 32000, rc;
+    char *dir = NULL;
+    if ((rc = agent_mkdir(opts->data_dir, err)))
+        goto fail;
+    for (int i = 0; i < 2; i++) {
+        dir = xasprintf("%s/%s", opts->data_dir, i ? "artifacts" : "instances");
+        rc = agent_mkdir(dir, err);
+        free(dir);
+        if (rc)
+            goto fail;
+    }
+    if ((rc = agent_load_node_id(a, err)) ||
+        (rc = agent_parse_labels(opts->labels, a->labels, err)))
+        goto fail;
+    if (opts->ports && (rc = ports_parse_range(opts->ports, &lo, &hi, err)))
+        goto fail;
+    if ((rc = ports_init(&a->ports, lo, hi, err)))
+        goto fail;
+    err_t probe = {0};
+    if (a->isolate->probe(&probe))
+        log_warn("agent", "isolate %s: %s", a->isolate->name, probe.msg);
+    char host[256] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    a->hostname = xstrdup(host);
+    a->advertise = opts->advertise ? xstrdup(opts->advertise) : agent_detect_address();
+
+    http_limits_t lim;
+    http_limits_default(&lim);
+    const char *listen = opts->listen ? opts->listen : "0.0.0.0:7401";
+    if ((rc = http_server_listen(loop, listen, &lim, agent_http_handle, a, &a->http, err)))
+        goto fail;
+    a->agent_url = xasprintf("http://%s:%d", a->advertise, http_server_port(a->http));
+
+    uv_timer_init(loop, &a->heartbeat);
+    uv_timer_init(loop, &a->retry);
+    a->heartbeat.data = a->retry.data = a;
+    uv_timer_start(&a->heartbeat, agent_heartbeat_tick, AGENT_HEARTBEAT_MS, AGENT_HEARTBEAT_MS);
+    agent_adopt_all(a);
+    log_info("agent", "node %s starting: server %s, ports %d-%d, labels %s", a->node_id,
+             opts->server_url, lo, hi, opts->labels && *opts->labels ? opts->labels : "none");
+    agent_register(a);
+    *out = a;
+    return 0;
+fail:
+    json_decref(a->labels);
+    ports_free(&a->ports);
+    free(a->node_id);
+    free(a);
+    return rc;
+}
+
+static void agent_handle_closed(uv_handle_t *h)
+{
+    agent_t *a = h->data;
+    a->closing_handles--;
+    agent_maybe_done(a);
+}
+
+static void agent_http_closed(void *data)
+{
+    agent_t *a = data;
+    a->http = NULL;
+    a->closing_handles--;
+    agent_maybe_done(a);
+}
+
+void agent_maybe_done(agent_t *a)
+{
+    if (!a->stopping || a->calls_in_flight || a->closing_handles || a->insts)
+        return;
+    void (*done)(void *) = a->stop_done;
+    void *data = a->stop_data;
+    json_decref(a->labels);
+    ports_free(&a->ports);
+    free(a->node_id);
+    free(a->hostname);
+    free(a->advertise);
+    free(a->agent_url);
+    free(a);
+    if (done)
+        done(data);
+}
+
+static void agent_stop_now(agent_t *a)
+{
+    a->draining = false;
+    a->stopping = true;
+    atomic_store(&a->cancel, 1);
+    if (a->insts)
+        log_info("agent", "stopping; instances keep running and are re-adopted on restart");
+    for (inst_t *in = a->insts, *next; in; in = next) {
+        next = in->next;
+        a->insts = next;
+        inst_detach(in);
+    }
+    a->closing_handles += 3;
+    a->heartbeat.data = a->retry.data = a;
+    uv_close((uv_handle_t *)&a->heartbeat, agent_handle_closed);
+    uv_close((uv_handle_t *)&a->retry, agent_handle_closed);
+    http_server_shutdown(a->http, 1000, agent_http_closed, a);
+}
+
+void agent_stop(agent_t *a, bool stop_instances, void (*done)(void *data), void *data)
+{
+    a->stop_done = done;
+    a->stop_data = data;
+    if (!stop_instances || !a->insts) {
+        agent_stop_now(a);
+        return;
+    }
+    a->draining = true;
+    log_info("agent", "stopping every instance before exiting");
+    for (inst_t *in = a->insts, *next; in; in = next) {
+        next = in->next;
+        inst_stop(in, "drover is shutting down");
+    }
+    if (!a->insts)
+        agent_stop_now(a);
+}
+
+/* While draining, the last instance gone lets the stop go on. */
+static void agent_drain_check(agent_t *a)
+{
+    if (a->draining && !a->insts)
+        agent_stop_now(a);
+}

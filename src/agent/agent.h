@@ -1,0 +1,38 @@
+/* agent: the node agent. Registers its node with the server, keeps the
+ * node's lease alive, watches the instances assigned to it and converges:
+ * starts what is missing, stops what is no longer wanted, restarts what
+ * failed (with backoff), health-checks what runs, and reports every state
+ * change to the API. Instances run under the isolate's monitor, so the
+ * agent can die and come back without touching them.
+ *
+ * Runs on the loop given to agent_start; every API call goes to a thread of
+ * libuv's pool, so the loop never waits on the network or the disk. */
+#ifndef DROVER_AGENT_H
+#define DROVER_AGENT_H
+
+#include "core/err.h"
+
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct agent agent_t;
+
+typedef struct agent_options {
+    const char *server_url; /* "http://127.0.0.1:7400" */
+    const char *data_dir;   /* node-id, instances/, artifacts/, versions/ */
+    const char *labels;     /* "disk=ssd,env=production" (may be NULL) */
+    const char *advertise;  /* address instances are reached at (default: detected) */
+    const char *listen;     /* agent HTTP (logs): "0.0.0.0:7401"; port 0 picks one */
+    const char *ports;      /* host port range "20000-32000" */
+    bool harden;            /* namespaces / no_new_privs for instances */
+} agent_options_t;
+
+int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err_t *err);
+/* Stop the agent; `done` runs last. With stop_instances false (a node agent
+ * being restarted or upgraded) instances keep running, to be re-adopted by
+ * the next agent. With stop_instances true (`drover dev` exiting) every
+ * instance is stopped first, gracefully, and its record removed. */
+void agent_stop(agent_t *a, bool stop_instances, void (*done)(void *data), void *data);
+const char *agent_node_id(const agent_t *a);
+
+#endif

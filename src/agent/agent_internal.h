@@ -1,0 +1,134 @@
+/* Shared by the agent's files; not part of its interface. */
+#ifndef DROVER_AGENT_INTERNAL_H
+#define DROVER_AGENT_INTERNAL_H
+
+#include "agent/agent.h"
+#include "agent/health.h"
+#include "agent/launch.h"
+#include "agent/ports.h"
+#include "http/server.h"
+#include "isolate/isolate.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+typedef enum inst_state {
+    INST_STAGING = 0,
+    INST_STARTING,
+    INST_RUNNING,
+    INST_HEALTHY,
+    INST_UNHEALTHY,
+    INST_KILLING,
+    INST_FINISHED,
+    INST_FAILED,
+    INST_KILLED,
+    INST_LOST,
+} inst_state_t;
+
+#define INST_HISTORY_MAX 20
+
+typedef struct inst {
+    struct agent *agent;
+    char *id;
+    char *app;
+    int64_t version;
+    json_t *spec; /* normalized spec of `version` */
+    char *dir;    /* data_dir/instances/<id> */
+    inst_state_t state;
+    char reason[256];
+    int64_t since_ms; /* wall clock of the last transition */
+    int64_t started_at_ms;
+    launch_ports_t port_info;
+    int *ports; /* host ports, port_info.n of them (0 until allocated) */
+    bool ports_held;
+    isolate_proc_t *proc;
+    pid_t pid;
+    int pid_wait; /* polls left for the app's pid */
+    health_t *health;
+    int healthy; /* -1 unknown, 0, 1 */
+    int restarts;
+    uint64_t next_delay_ms; /* backoff before the next restart */
+    uv_timer_t timer;       /* restart backoff / kill grace / uptime reset */
+    bool timer_inited;
+    bool wanted;             /* in the node's assignments */
+    bool stopping;           /* being stopped for good (not wanted) */
+    bool restart_after_exit; /* killed by health check: start again */
+    json_t *history;
+    json_t *exit; /* last exit record or NULL */
+    bool report_busy, report_dirty;
+    bool freed_pending;
+    bool fetching; /* waiting for its artifact */
+    bool removing; /* unlinked from the agent; DELETE the record, then free */
+    struct inst *next;
+} inst_t;
+
+/* fetch.c: artifacts. dir is the unpacked, shared, read-only tree. */
+typedef void (*fetch_cb)(int status, const err_t *err, const char *dir, void *data);
+struct fetch;
+
+typedef struct agent {
+    uv_loop_t *loop;
+    agent_options_t opts;
+    char *node_id;
+    char *hostname;
+    char *advertise;
+    char *agent_url;
+    json_t *labels;
+    ports_t ports;
+    const isolate_ops_t *isolate;
+    http_server_t *http;
+    inst_t *insts;
+    uv_timer_t heartbeat;
+    uv_timer_t retry;
+    int64_t assign_index;
+    bool registered;
+    bool synced; /* got the first assignments answer since start */
+    bool watch_busy;
+    atomic_int cancel; /* set when stopping: in-flight API calls give up */
+    int calls_in_flight;
+    bool stopping;
+    bool draining; /* stopping instances before stopping */
+    void (*stop_done)(void *);
+    void *stop_data;
+    int closing_handles;
+    struct fetch *fetches; /* downloads in progress */
+} agent_t;
+
+/* Make artifact `ref` (sha256:<hex> from `drover push`, or a URL) available
+ * unpacked; cb runs on the loop when it is (or failed). */
+int agent_fetch(agent_t *a, const char *ref, fetch_cb cb, void *data, err_t *err);
+/* Drop pending fetch callbacks whose data is `data` (an instance going away). */
+void agent_fetch_forget(agent_t *a, void *data);
+/* Symlink each top-level entry of `tree` into `sandbox`. */
+int agent_link_sandbox(const char *tree, const char *sandbox, err_t *err);
+
+/* ---- remote.c: API calls on the thread pool ---- */
+
+/* status: 0 when an HTTP answer came (http_status set), or a negative errno
+ * for transport failures (message in err). body: parsed JSON answer or NULL;
+ * borrowed for the callback. index: X-Drover-Index or 0. */
+typedef void (*remote_cb)(agent_t *a, int status, const err_t *err, int http_status, json_t *body,
+                          int64_t index, void *data);
+/* `body` (may be NULL) is serialised before this returns. */
+void remote_call(agent_t *a, const char *method, const char *path, const json_t *body,
+                 long timeout_ms, remote_cb cb, void *data);
+
+/* ---- instance.c ---- */
+inst_t *inst_new(agent_t *a, const char *id, const char *app, int64_t version, const json_t *spec);
+void inst_launch(inst_t *in);
+void inst_stop(inst_t *in, const char *reason);
+int inst_adopt(inst_t *in);
+void inst_report(inst_t *in);
+void inst_detach(inst_t *in); /* agent shutdown: forget, leave running */
+void inst_free(inst_t *in);
+const char *inst_state_name(inst_state_t s);
+void agent_inst_remove(agent_t *a, inst_t *in);
+void agent_maybe_done(agent_t *a);
+
+/* ---- logs.c: the agent's HTTP endpoint ---- */
+void agent_http_handle(http_req_t *req, void *data);
+
+int64_t agent_wall_ms(void);
+
+#endif
