@@ -39,6 +39,9 @@ run "$BIN" deploy examples/specs/test-server.tmpl.json --var environment=staging
     --var tag=master-ef5a154e --var instances=4
 run "$BIN" versions /app/staging/test-server
 run "$BIN" app show /app/staging/test-server
+# That spec runs a Docker image (the docker isolate comes later): remove it
+# before its instances crash-loop on this node.
+run "$BIN" app rm /app/staging/test-server
 
 say "a typo is caught with its JSON path"
 printf '{"id": "/app/staging/typo", "cmd": "sleep 1", "instanses": 2}\n' >"$DATA/typo.json"
@@ -51,8 +54,26 @@ run "$BIN" kv ls config/
 printf '$ curl %s/v1/kv/config/test-server/GREETING\n' "$DROVER_ADDR"
 curl -s "$DROVER_ADDR/v1/kv/config/test-server/GREETING"; echo
 
+say "run a real app: push its files, deploy it, watch it come up healthy"
+art=$("$BIN" push examples/test-server --json | sed -n 's/.*"id": *"\(sha256:[0-9a-f]*\)".*/\1/p')
+run "$BIN" push examples/test-server
+run "$BIN" deploy examples/test-server/test-server.json --var environment=demo \
+    --var instances=2 --var artifact="$art"
+for _ in $(seq 100); do
+    n=$("$BIN" ps /app/demo/test-server --json | grep -o '"state": *"healthy"' | wc -l || true)
+    [ "$n" -ge 2 ] && break
+    sleep 0.2
+done
+run "$BIN" ps /app/demo/test-server
+port=$("$BIN" ps /app/demo/test-server --json | sed -n 's/.*"ports": *\[\([0-9]*\).*/\1/p' | head -1)
+printf '$ curl -s http://127.0.0.1:%s/healthcheck\n' "$port"
+curl -s "http://127.0.0.1:$port/healthcheck"
+printf '$ curl -s http://127.0.0.1:%s/ | grep -E "PORT0|MARATHON_APP_ID|DROVER_INSTANCE_ID"\n' "$port"
+curl -s "http://127.0.0.1:$port/" | grep -E '"(PORT0|MARATHON_APP_ID|DROVER_INSTANCE_ID)"'
+run "$BIN" logs /app/demo/test-server --tail 3
+
 say "every change is an event (replayed here from revision 1)"
-"$BIN" events --from 1 &
+"$BIN" events --from 1 --type app,kv &
 epid=$!
 sleep 1
 kill "$epid" 2>/dev/null || true

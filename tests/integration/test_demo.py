@@ -18,3 +18,9 @@ def test_demo_script_runs_to_the_end(tmp_path):
     assert "did you mean" in r.stdout + r.stderr
     assert "config/test-server/GREETING" in out
     assert "app.created" in out
+    # A real app served traffic: two healthy instances, its health check and
+    # its environment answered over HTTP, its logs read back.
+    assert out.count("health check: HTTP 200") >= 2
+    assert '{"status": "ok"}' in out
+    assert '"MARATHON_APP_ID": "/app/demo/test-server"' in out
+    assert "test-server listening on port" in out
