@@ -54,6 +54,9 @@ static void set_true(void *data)
 static void timer_flag_cb(uv_timer_t *t)
 {
     *(bool *)t->data = true;
+    /* A timer that fires at the start of a UV_RUN_ONCE pass would otherwise
+     * let that pass block in poll until the next timer: the watchdog. */
+    uv_stop(t->loop);
 }
 
 /* Run the loop for `ms` milliseconds (store callbacks keep running). */
