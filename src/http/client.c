@@ -83,8 +83,7 @@ typedef struct client_ctx {
 
 /* libcurl calls this about once a second and on every chunk; it is how a
  * blocking call (a 30 s watch) is ended promptly when its owner stops. */
-static int client_on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut,
-                              curl_off_t un)
+static int client_on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
     const client_ctx_t *ctx = ud;
     return ctx->cancel && atomic_load(ctx->cancel) ? 1 : 0;
@@ -318,8 +317,7 @@ int http_client_request(const char *method, const char *url, const http_header_t
 int http_client_request_cancellable(const char *method, const char *url,
                                     const http_header_t *headers, size_t n_headers,
                                     const void *body, size_t len, long timeout_ms,
-                                    const atomic_int *cancel, http_client_resp_t *resp,
-                                    err_t *err)
+                                    const atomic_int *cancel, http_client_resp_t *resp, err_t *err)
 {
     client_ctx_t ctx = {.resp = resp, .cancel = cancel, .body_fd = -1};
     return client_perform(method, url, headers, n_headers, body, len, timeout_ms, &ctx, err);

@@ -34,8 +34,7 @@ int http_client_request(const char *method, const char *url, const http_header_t
 int http_client_request_cancellable(const char *method, const char *url,
                                     const http_header_t *headers, size_t n_headers,
                                     const void *body, size_t len, long timeout_ms,
-                                    const atomic_int *cancel, http_client_resp_t *resp,
-                                    err_t *err);
+                                    const atomic_int *cancel, http_client_resp_t *resp, err_t *err);
 
 /* Like http_client_request, but the body is handed to on_data as it arrives
  * (for event streams and blocking queries); on_data returns non-zero to
