@@ -121,10 +121,12 @@ FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,address,undefined
 # Fuzz targets link src/core plus the module named after the first word of
-# the target (fuzz_http_request.c -> src/http) and that module's TEST_DEPS.
+# the target (fuzz_http_request.c -> src/http) and the modules in
+# FUZZ_DEPS_<module> (the cli targets stub what they call instead).
+FUZZ_DEPS_agent := isolate http spec
 fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
-build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c $$(foreach m,$$(call fuzz_mod,$$*) $$(TEST_DEPS_$$(call fuzz_mod,$$*)),src/$$(m)/*.c)))
+build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c $$(foreach m,$$(call fuzz_mod,$$*) $$(FUZZ_DEPS_$$(call fuzz_mod,$$*)),src/$$(m)/*.c)))
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ    $@"
 	$(Q)clang $(FUZZ_FLAGS) $(PKG_CFLAGS) -o $@ $^ $(PKG_LIBS)

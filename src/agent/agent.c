@@ -430,6 +430,9 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
         goto fail;
     if ((rc = ports_init(&a->ports, lo, hi, err)))
         goto fail;
+    struct sysinfo si;
+    sysinfo(&si);
+    a->mem_total_mb = (int64_t)((uint64_t)si.totalram * si.mem_unit / (1024 * 1024));
     err_t probe = {0};
     if (a->isolate->probe(&probe))
         log_warn("agent", "isolate %s: %s", a->isolate->name, probe.msg);

@@ -42,6 +42,7 @@ typedef struct inst {
     launch_ports_t port_info;
     int *ports; /* host ports, port_info.n of them (0 until allocated) */
     bool ports_held;
+    int64_t mem_held_mb; /* node memory reserved for this instance */
     isolate_proc_t *proc;
     pid_t pid;
     int pid_wait; /* polls left for the app's pid */
@@ -76,6 +77,8 @@ typedef struct agent {
     char *agent_url;
     json_t *labels;
     ports_t ports;
+    int64_t mem_total_mb;     /* the node's memory */
+    int64_t mem_committed_mb; /* reserved by instances (their spec's mem) */
     const isolate_ops_t *isolate;
     http_server_t *http;
     inst_t *insts;

@@ -216,6 +216,8 @@ void inst_detach(inst_t *in)
 static void inst_release_ports(inst_t *in)
 {
     in->healthy = -1; /* no process, no health to speak of */
+    in->agent->mem_committed_mb -= in->mem_held_mb;
+    in->mem_held_mb = 0;
     if (in->ports_held)
         ports_release(&in->agent->ports, in->port_info.n, in->ports);
     in->ports_held = false;
@@ -313,6 +315,19 @@ void inst_launch(inst_t *in)
         return;
     }
     in->ports_held = true;
+    /* The node's memory is never over-committed: each instance's `mem` is
+     * a hard cgroup limit, and their sum must fit the machine. */
+    int64_t need = (int64_t)json_number_value(json_object_get(in->spec, "mem"));
+    if (need > 0 && a->mem_committed_mb + need > a->mem_total_mb) {
+        err_set(&err, -ENOMEM,
+                "node out of memory: the instance needs %lld MiB, %lld of %lld MiB are free",
+                (long long)need, (long long)(a->mem_total_mb - a->mem_committed_mb),
+                (long long)a->mem_total_mb);
+        inst_fail_start(in, err.msg);
+        return;
+    }
+    in->mem_held_mb = need > 0 ? need : 0;
+    a->mem_committed_mb += in->mem_held_mb;
     if (mkdir(in->dir, 0755) && errno != EEXIST) {
         err_set(&err, -errno, "cannot create %s: %s", in->dir, strerror(errno));
         inst_fail_start(in, err.msg);
@@ -601,6 +616,9 @@ int inst_adopt(inst_t *in)
             in->ports_held = true;
         else
             log_warn("agent", "instance %s: %s", in->id, err.msg);
+        int64_t mem = (int64_t)json_number_value(json_object_get(in->spec, "mem"));
+        in->mem_held_mb = mem > 0 ? mem : 0;
+        a->mem_committed_mb += in->mem_held_mb;
         in->pid = a->isolate->pid(in->proc);
         inst_set(in, INST_RUNNING, "re-adopted after agent restart, pid %d", (int)in->pid);
         inst_start_health(in);

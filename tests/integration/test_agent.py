@@ -292,3 +292,27 @@ def test_separate_server_and_agent_processes(make_drover, tmp_path):
             if i["pid"] and alive(i["pid"]):
                 os.killpg(i["pid"], signal.SIGKILL)
     assert rc == 0, (tmp_path / "agent.log").read_text()[-3000:]
+
+
+def test_node_limits_refuse_with_reasons(make_drover):
+    """A node's port range and memory are never over-committed; what does
+    not fit fails with a reason that names the limit."""
+    lo = free_port()
+    d = make_drover(args=["--ports", f"{lo}-{lo + 1}"]).start()
+    d.post("/v1/apps", {"id": "/t/ports", "cmd": "exec sleep 1000", "instances": 3,
+                        "backoffSeconds": 30})
+
+    def split():
+        inst = instances(d, "/t/ports")
+        up = [i for i in inst if i["state"] == "healthy"]
+        down = [i for i in inst if i["state"] == "failed"]
+        return (up, down) if len(up) == 2 and len(down) == 1 else None
+    up, down = wait_for(split, what="2 up and 1 refused")
+    assert sorted(i["ports"][0] for i in up) == [lo, lo + 1]
+    assert "no free port" in down[0]["reason"] and f"{lo}-{lo + 1}" in down[0]["reason"]
+    d.post("/v1/apps", {"id": "/t/huge", "cmd": "exec sleep 1000", "mem": 100000000,
+                        "portDefinitions": [], "backoffSeconds": 30})
+    huge = wait_for(lambda: [i for i in instances(d, "/t/huge") if i["state"] == "failed"],
+                    what="memory refusal")[0]
+    assert "node out of memory" in huge["reason"] and "100000000 MiB" in huge["reason"]
+    assert d.get("/v1/status").status == 200
