@@ -13,7 +13,7 @@ CC ?= cc
 ifeq ($(origin CC),default)
 CC := cc
 endif
-PKGS := libuv jansson sqlite3 libcurl msgpack openssl libarchive
+PKGS := libuv jansson sqlite3 libcurl msgpack openssl libarchive ldns
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm
 
@@ -42,7 +42,7 @@ TEST_DEPS_store :=
 TEST_DEPS_spec :=
 TEST_DEPS_api := store spec http
 TEST_DEPS_isolate :=
-TEST_DEPS_agent := isolate http spec
+TEST_DEPS_agent := isolate http spec locator
 TEST_DEPS_sched := store spec
 TEST_DEPS_cli := http
 mod_objs = $(filter build/asan/src/core/% $(foreach m,$(1) $(TEST_DEPS_$(1)),build/asan/src/$(m)/%),$(ASAN_LIB_OBJ))
@@ -123,7 +123,7 @@ FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,ad
 # Fuzz targets link src/core plus the module named after the first word of
 # the target (fuzz_http_request.c -> src/http) and the modules in
 # FUZZ_DEPS_<module> (the cli targets stub what they call instead).
-FUZZ_DEPS_agent := isolate http spec
+FUZZ_DEPS_agent := isolate http spec locator
 fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
 build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c $$(foreach m,$$(call fuzz_mod,$$*) $$(FUZZ_DEPS_$$(call fuzz_mod,$$*)),src/$$(m)/*.c)))

@@ -28,12 +28,18 @@ enum {
     K_LISTEN,
     K_PORTS,
     K_HARDEN,
+    K_LOCATOR,
+    K_DRAIN,
+    K_DNS,
     K_CONFIG,
     K_COUNT
 };
+/* Same order as the enum above. */
 static const char *const main_keys[] = {
-    "data-dir",  "api",    "store", "log-level", "log-format", "server", "labels",
-    "advertise", "listen", "ports", "harden",    "config",     NULL};
+    "data-dir", "api",   "store",  "log-level", "log-format",    "server", "labels", "advertise",
+    "listen",   "ports", "harden", "locator",   "drain-timeout", "dns",    "config", NULL};
+_Static_assert(sizeof(main_keys) / sizeof(*main_keys) == K_COUNT + 1,
+               "main_keys must list every K_ flag");
 
 /* Which flags each verb takes. */
 static bool main_key_allowed(const char *verb, int k)
@@ -43,8 +49,9 @@ static bool main_key_allowed(const char *verb, int k)
     if (!strcmp(verb, "server"))
         return k == K_API || k == K_STORE;
     if (!strcmp(verb, "agent"))
-        return k >= K_SERVER && k <= K_HARDEN;
-    return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN; /* dev */
+        return k >= K_SERVER && k <= K_DRAIN;
+    return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN || k == K_LOCATOR ||
+           k == K_DRAIN || k == K_DNS; /* dev */
 }
 
 static void main_process_usage(FILE *out, const char *verb)
@@ -197,6 +204,12 @@ static int main_process(int argc, char **argv)
                 store);
         rc = 2;
     }
+    int64_t drain_ms = 5000;
+    if (vals[K_DRAIN] && str_to_duration_ms(vals[K_DRAIN], &drain_ms)) {
+        fprintf(stderr, "drover %s: drain-timeout %s: expected a duration like 5s or 500ms\n", verb,
+                vals[K_DRAIN]);
+        rc = 2;
+    }
     bool harden = vals[K_HARDEN] && strcmp(vals[K_HARDEN], "false") && strcmp(vals[K_HARDEN], "0");
     if (rc) {
         config_free(cfg);
@@ -221,6 +234,8 @@ static int main_process(int argc, char **argv)
     so.agent.labels = vals[K_LABELS];
     so.agent.ports = vals[K_PORTS];
     so.agent.harden = harden;
+    so.agent.locator = vals[K_LOCATOR];
+    so.agent.drain_timeout_ms = (uint64_t)(drain_ms > 0 ? drain_ms : 1);
     if (dev) {
         dev_agent_dir = xasprintf("%s/agent", so.data_dir);
         dev_server_url = xasprintf("http://%s", so.api_addr);
@@ -228,6 +243,11 @@ static int main_process(int argc, char **argv)
         so.agent.server_url = dev_server_url;
         so.agent.advertise = "127.0.0.1";
         so.agent.listen = "127.0.0.1:0";
+        if (!so.agent.locator)
+            so.agent.locator = "127.0.0.1:10053";
+        so.dns_addr = vals[K_DNS] ? vals[K_DNS] : "127.0.0.1:8600";
+        if (!strcmp(so.dns_addr, "off"))
+            so.dns_addr = NULL;
     } else if (agent) {
         const char *env = getenv("DROVER_ADDR");
         so.agent.server_url =

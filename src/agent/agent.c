@@ -36,6 +36,92 @@ const char *agent_node_id(const agent_t *a)
     return a->node_id;
 }
 
+loc_table_t *agent_table(agent_t *a)
+{
+    return a->table;
+}
+
+/* ---- the service table ---- */
+
+static bool agent_inst_published(const inst_t *in)
+{
+    return in->state == INST_HEALTHY && in->proc && !in->stopping && !in->removing;
+}
+
+static void agent_publish_name(agent_t *a, const char *name, const char *app, int64_t only_version,
+                               const char *api)
+{
+    size_t n = 0, cap = 8;
+    loc_ep_t *eps = xcalloc(cap, sizeof(loc_ep_t));
+    int64_t newest = 0;
+    for (inst_t *in = a->insts; in; in = in->next) {
+        if (strcmp(in->app, app) != 0 || !agent_inst_published(in))
+            continue;
+        if (only_version && in->version != only_version)
+            continue;
+        if (n == cap) {
+            cap *= 2;
+            eps = xrealloc(eps, cap * sizeof(loc_ep_t));
+        }
+        eps[n++] = (loc_ep_t){.host = a->advertise,
+                              .port = in->ports_held && in->port_info.n ? in->ports[0] : 0,
+                              .instance = in->id,
+                              .node = a->node_id,
+                              .version = in->version};
+        if (in->version > newest)
+            newest = in->version;
+    }
+    loc_table_set(a->table, name, eps, n, newest, api);
+    free(eps);
+}
+
+typedef struct publish_scan {
+    const char *prefix; /* "/a/b@" */
+    size_t len;
+    char **names;
+    size_t n;
+} publish_scan_t;
+
+static int agent_publish_collect(const loc_entry_t *e, void *data)
+{
+    publish_scan_t *ps = data;
+    if (strncmp(e->name, ps->prefix, ps->len) == 0) {
+        ps->names = xrealloc(ps->names, (ps->n + 1) * sizeof(char *));
+        ps->names[ps->n++] = xstrdup(e->name);
+    }
+    return 0;
+}
+
+void agent_publish(agent_t *a, const char *app)
+{
+    if (!app || !*app || !a->table)
+        return;
+    const char *api = "service";
+    for (inst_t *in = a->insts; in; in = in->next)
+        if (strcmp(in->app, app) == 0 && json_str(in->spec, "kind"))
+            api = json_str(in->spec, "kind");
+    agent_publish_name(a, app, app, 0, api);
+    /* app@version names: every version still running here, and the ones
+     * already published (so a version that went away is removed). */
+    char *prefix = xasprintf("%s@", app);
+    publish_scan_t ps = {.prefix = prefix, .len = strlen(prefix)};
+    loc_table_foreach(a->table, agent_publish_collect, &ps);
+    for (inst_t *in = a->insts; in; in = in->next) {
+        if (strcmp(in->app, app) != 0)
+            continue;
+        ps.names = xrealloc(ps.names, (ps.n + 1) * sizeof(char *));
+        ps.names[ps.n++] = xasprintf("%s%" PRId64, prefix, in->version);
+    }
+    for (size_t i = 0; i < ps.n; i++) {
+        int64_t v = 0;
+        if (str_to_i64(ps.names[i] + ps.len, 1, INT64_MAX, &v) == 0)
+            agent_publish_name(a, ps.names[i], app, v, api);
+        free(ps.names[i]);
+    }
+    free(ps.names);
+    free(prefix);
+}
+
 /* ---- node identity ---- */
 
 /* The node id survives restarts (data_dir/node-id), so a restarted agent is
@@ -123,11 +209,11 @@ static json_t *agent_node_record(agent_t *a)
     struct sysinfo si;
     sysinfo(&si);
     json_int_t mem_mb = (json_int_t)((uint64_t)si.totalram * si.mem_unit / (1024 * 1024));
-    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:i, s:I, s:[i,i], s:s, s:[s]}", "id", a->node_id,
-                     "hostname", a->hostname, "address", a->advertise, "agent_url", a->agent_url,
-                     "labels", a->labels, "cpus", (int)sysconf(_SC_NPROCESSORS_ONLN), "mem_mb",
-                     mem_mb, "ports", a->ports.lo, a->ports.hi, "version", AGENT_VERSION,
-                     "isolates", a->isolate->name);
+    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:i, s:I, s:[i,i], s:s, s:[s], s:s}", "id",
+                     a->node_id, "hostname", a->hostname, "address", a->advertise, "agent_url",
+                     a->agent_url, "labels", a->labels, "cpus", (int)sysconf(_SC_NPROCESSORS_ONLN),
+                     "mem_mb", mem_mb, "ports", a->ports.lo, a->ports.hi, "version", AGENT_VERSION,
+                     "isolates", a->isolate->name, "locator", a->locator_addr);
 }
 
 static void agent_retry_fire(uv_timer_t *t)
@@ -412,6 +498,7 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     a->opts = *opts;
     a->labels = json_object();
     a->isolate = &isolate_process_ops;
+    a->table = loc_table_new();
     int lo = 20000, hi = 32000, rc;
     char *dir = NULL;
     if ((rc = agent_mkdir(opts->data_dir, err)))
@@ -447,20 +534,29 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     if ((rc = http_server_listen(loop, listen, &lim, agent_http_handle, a, &a->http, err)))
         goto fail;
     a->agent_url = xasprintf("http://%s:%d", a->advertise, http_server_port(a->http));
+    loc_server_opts_t lo_opts = {.node_id = a->node_id, .node_host = a->advertise};
+    const char *laddr = opts->locator ? opts->locator : "0.0.0.0:10053";
+    if ((rc = loc_server_start(loop, laddr, a->table, &lo_opts, &a->locator, err))) {
+        err_wrap(err, rc, "locator on %s", laddr);
+        goto fail;
+    }
+    a->locator_addr = xasprintf("%s:%d", a->advertise, loc_server_port(a->locator));
 
     uv_timer_init(loop, &a->heartbeat);
     uv_timer_init(loop, &a->retry);
     a->heartbeat.data = a->retry.data = a;
     uv_timer_start(&a->heartbeat, agent_heartbeat_tick, AGENT_HEARTBEAT_MS, AGENT_HEARTBEAT_MS);
     agent_adopt_all(a);
-    log_info("agent", "node %s starting: server %s, ports %d-%d, labels %s", a->node_id,
-             opts->server_url, lo, hi, opts->labels && *opts->labels ? opts->labels : "none");
+    log_info("agent", "node %s starting: server %s, ports %d-%d, labels %s, locator %s", a->node_id,
+             opts->server_url, lo, hi, opts->labels && *opts->labels ? opts->labels : "none",
+             a->locator_addr);
     agent_register(a);
     *out = a;
     return 0;
 fail:
     json_decref(a->labels);
     ports_free(&a->ports);
+    loc_table_free(a->table);
     free(a->node_id);
     free(a);
     return rc;
@@ -469,6 +565,14 @@ fail:
 static void agent_handle_closed(uv_handle_t *h)
 {
     agent_t *a = h->data;
+    a->closing_handles--;
+    agent_maybe_done(a);
+}
+
+static void agent_locator_stopped(void *data)
+{
+    agent_t *a = data;
+    a->locator = NULL;
     a->closing_handles--;
     agent_maybe_done(a);
 }
@@ -489,10 +593,12 @@ void agent_maybe_done(agent_t *a)
     void *data = a->stop_data;
     json_decref(a->labels);
     ports_free(&a->ports);
+    loc_table_free(a->table);
     free(a->node_id);
     free(a->hostname);
     free(a->advertise);
     free(a->agent_url);
+    free(a->locator_addr);
     free(a);
     if (done)
         done(data);
@@ -510,7 +616,8 @@ static void agent_stop_now(agent_t *a)
         a->insts = next;
         inst_detach(in);
     }
-    a->closing_handles += 3;
+    a->closing_handles += 4;
+    loc_server_stop(a->locator, agent_locator_stopped, a);
     a->heartbeat.data = a->retry.data = a;
     uv_close((uv_handle_t *)&a->heartbeat, agent_handle_closed);
     uv_close((uv_handle_t *)&a->retry, agent_handle_closed);

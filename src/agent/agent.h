@@ -18,13 +18,15 @@
 typedef struct agent agent_t;
 
 typedef struct agent_options {
-    const char *server_url; /* "http://127.0.0.1:7400" */
-    const char *data_dir;   /* node-id, instances/, artifacts/, versions/ */
-    const char *labels;     /* "disk=ssd,env=production" (may be NULL) */
-    const char *advertise;  /* address instances are reached at (default: detected) */
-    const char *listen;     /* agent HTTP (logs): "0.0.0.0:7401"; port 0 picks one */
-    const char *ports;      /* host port range "20000-32000" */
-    bool harden;            /* namespaces / no_new_privs for instances */
+    const char *server_url;    /* "http://127.0.0.1:7400" */
+    const char *data_dir;      /* node-id, instances/, artifacts/, versions/ */
+    const char *labels;        /* "disk=ssd,env=production" (may be NULL) */
+    const char *advertise;     /* address instances are reached at (default: detected) */
+    const char *listen;        /* agent HTTP (logs): "0.0.0.0:7401"; port 0 picks one */
+    const char *ports;         /* host port range "20000-32000" */
+    const char *locator;       /* node locator (msgpack RPC): "0.0.0.0:10053"; port 0 picks one */
+    uint64_t drain_timeout_ms; /* wait for routers to confirm a removal (default 5 s) */
+    bool harden;               /* namespaces / no_new_privs for instances */
 } agent_options_t;
 
 int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err_t *err);
@@ -34,5 +36,7 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
  * instance is stopped first, gracefully, and its record removed. */
 void agent_stop(agent_t *a, bool stop_instances, void (*done)(void *data), void *data);
 const char *agent_node_id(const agent_t *a);
+/* The node's service table (healthy instances), owned by the agent. */
+struct loc_table *agent_table(agent_t *a);
 
 #endif

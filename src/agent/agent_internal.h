@@ -8,6 +8,8 @@
 #include "agent/ports.h"
 #include "http/server.h"
 #include "isolate/isolate.h"
+#include "locator/locator.h"
+#include "locator/table.h"
 
 #include <jansson.h>
 #include <stdatomic.h>
@@ -55,6 +57,7 @@ typedef struct inst {
     bool wanted;             /* in the node's assignments */
     bool stopping;           /* being stopped for good (not wanted) */
     bool restart_after_exit; /* killed by health check: start again */
+    bool draining;           /* removed from the table, waiting for routers */
     json_t *history;
     json_t *exit; /* last exit record or NULL */
     bool report_busy, report_dirty;
@@ -96,7 +99,14 @@ typedef struct agent {
     void *stop_data;
     int closing_handles;
     struct fetch *fetches; /* downloads in progress */
+    loc_table_t *table;    /* what runs healthy here, for the locator and DNS */
+    loc_server_t *locator; /* serves `table` to routers and metalocators */
+    char *locator_addr;    /* "host:port" as registered */
 } agent_t;
+
+/* Recompute the table entries of `app` ("/a/b" and "/a/b@<version>") from
+ * the instances: only healthy ones that are not stopping are published. */
+void agent_publish(agent_t *a, const char *app);
 
 /* Make artifact `ref` (sha256:<hex> from `drover push`, or a URL) available
  * unpacked; cb runs on the loop when it is (or failed). */

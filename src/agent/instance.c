@@ -66,6 +66,7 @@ static void inst_set(inst_t *in, inst_state_t st, const char *fmt, ...)
     while (json_array_size(in->history) > INST_HISTORY_MAX)
         json_array_remove(in->history, 0);
     log_info("agent", "instance %s: %s (%s)", in->id, inst_state_name(st), in->reason);
+    agent_publish(in->agent, in->app);
     inst_report(in);
 }
 
@@ -554,6 +555,54 @@ static void inst_on_health(health_t *h, const health_result_t *res, void *data)
     }
 }
 
+typedef struct inst_drain_ctx {
+    agent_t *agent;
+    char *id;
+} inst_drain_ctx_t;
+
+static void inst_drained(uint64_t revision, size_t confirmed, size_t pending,
+                         const char *pending_names, void *data)
+{
+    inst_drain_ctx_t *ctx = data;
+    agent_t *a = ctx->agent;
+    inst_t *in = NULL;
+    for (inst_t *i = a->insts; i; i = i->next)
+        if (!strcmp(i->id, ctx->id))
+            in = i;
+    free(ctx->id);
+    free(ctx);
+    if (!in || !in->draining)
+        return; /* gone meanwhile (agent stopping) */
+    in->draining = false;
+    if (pending) {
+        log_warn("agent", "instance %s: %zu router(s) did not confirm its removal in time: %s",
+                 in->id, pending, pending_names ? pending_names : "?");
+        inst_set(in, INST_KILLING, "stopping; not confirmed by %zu router(s): %s", pending,
+                 pending_names ? pending_names : "?");
+    } else if (confirmed) {
+        inst_set(in, INST_KILLING, "stopping; removal confirmed by %zu router(s)", confirmed);
+    }
+    if (in->proc)
+        inst_terminate(in);
+}
+
+static void inst_drain(inst_t *in)
+{
+    agent_t *a = in->agent;
+    uint64_t timeout = a->opts.drain_timeout_ms ? a->opts.drain_timeout_ms : 5000;
+    inst_drain_ctx_t *ctx = xcalloc(1, sizeof(*ctx));
+    ctx->agent = a;
+    ctx->id = xstrdup(in->id);
+    in->draining = true;
+    if (!a->locator || loc_server_wait_confirmed(a->locator, loc_table_revision(a->table), timeout,
+                                                 inst_drained, ctx) != 0) {
+        in->draining = false;
+        free(ctx->id);
+        free(ctx);
+        inst_terminate(in);
+    }
+}
+
 void inst_stop(inst_t *in, const char *reason)
 {
     if (in->stopping)
@@ -575,8 +624,10 @@ void inst_stop(inst_t *in, const char *reason)
         agent_inst_remove(in->agent, in);
         return;
     }
+    /* inst_set unpublished it; the process gets SIGTERM only once every
+     * router subscribed to this node confirmed the removal (bounded). */
     inst_set(in, INST_KILLING, "%s", reason);
-    inst_terminate(in);
+    inst_drain(in);
 }
 
 /* ---- re-adoption after an agent restart ---- */

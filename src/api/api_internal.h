@@ -40,6 +40,8 @@ struct api {
 #define API_INSTANCE_RAND_LEN 12
 #define API_INSTANCE_ID_MAX   (255 + 1 + API_INSTANCE_RAND_LEN)
 #define API_INSTANCE_BODY_MAX (64 * 1024)
+/* Routing groups: /groups/<name>, name [a-z0-9][a-z0-9.-]{0,62}. */
+#define API_GROUPS_PREFIX "/groups/"
 
 /* Answer with `body` (stolen) as JSON, X-Drover-Index set to `index` (or the
  * store's current revision when 0). */
@@ -75,6 +77,7 @@ void api_nodes_handle(api_t *api, http_req_t *req, const char *rest);
 void api_instances_handle(api_t *api, http_req_t *req, const char *rest);
 void api_artifacts_handle(api_t *api, http_req_t *req, const char *rest);
 void api_kv_handle(api_t *api, http_req_t *req, const char *key);
+void api_groups_handle(api_t *api, http_req_t *req, const char *rest);
 void api_events_handle(api_t *api, http_req_t *req);
 
 #endif

@@ -119,6 +119,11 @@ static json_t *ev_translate(const store_event_t *e)
         json_decref(rec);
         return ev;
     }
+    if (str_has_prefix(key, API_GROUPS_PREFIX)) {
+        const char *name = key + strlen(API_GROUPS_PREFIX);
+        return json_pack("{s:s, s:I, s:s}", "type", put ? "group.updated" : "group.deleted",
+                         "revision", rev, "name", name);
+    }
     if (str_has_prefix(key, API_KV_PREFIX)) {
         const char *k = key + strlen(API_KV_PREFIX);
         if (put)

@@ -199,8 +199,9 @@ static void node_check_isolates(json_t *v, json_t *errors)
  * `errors` filled (one entry per problem, as spec validation does). */
 static json_t *node_record_build(const json_t *doc, const char *id, json_t *errors)
 {
-    static const char *const known[] = {"id",   "hostname", "address", "agent_url", "labels",
-                                        "cpus", "mem_mb",   "ports",   "version",   "isolates"};
+    static const char *const known[] = {"id",      "hostname", "address", "agent_url",
+                                        "labels",  "cpus",     "mem_mb",  "ports",
+                                        "version", "isolates", "locator"};
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)doc, k, v)
@@ -252,6 +253,15 @@ static json_t *node_record_build(const json_t *doc, const char *id, json_t *erro
     json_t *isolates = json_object_get(doc, "isolates");
     if (isolates)
         node_check_isolates(isolates, errors);
+    /* The node's locator ("host:port"): where routers and metalocators
+     * subscribe to what runs there. */
+    const char *locator = json_str(doc, "locator");
+    char *lhost = NULL;
+    int lport = 0;
+    if (json_object_get(doc, "locator") &&
+        (!locator || str_split_hostport(locator, &lhost, &lport) || lport == 0))
+        json_error_push(errors, "$.locator", "must be host:port of the node's locator");
+    free(lhost);
     if (json_array_size(errors))
         return NULL;
 
@@ -265,6 +275,8 @@ static json_t *node_record_build(const json_t *doc, const char *id, json_t *erro
         (json_int_t)(mem ? json_integer_value(mem) : 0), "ports", ports ? ports : json_null(),
         "version", version ? version : "", "isolates",
         isolates ? json_deep_copy(isolates) : json_pack("[s]", "process"), "registered_at", now);
+    if (locator)
+        json_object_set_new(rec, "locator", json_string(locator));
     return rec;
 }
 

@@ -11,6 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Routing groups (src/cli/groups.c). */
+int cli_cmd_group(cli_ctx_t *ctx, int argc, char **argv);
+/* Ask a node's locator (src/cli/resolve.c). */
+int cli_cmd_resolve(cli_ctx_t *ctx, int argc, char **argv);
+
 typedef struct cli_verb {
     const char *name;
     int (*run)(cli_ctx_t *ctx, int argc, char **argv);
@@ -20,7 +25,8 @@ static const cli_verb_t cli_verbs[] = {
     {"apps", cli_cmd_apps},         {"app", cli_cmd_app},       {"deploy", cli_cmd_deploy},
     {"versions", cli_cmd_versions}, {"push", cli_cmd_push},     {"ps", cli_cmd_ps},
     {"logs", cli_cmd_logs},         {"nodes", cli_cmd_nodes},   {"kv", cli_cmd_kv},
-    {"events", cli_cmd_events},     {"status", cli_cmd_status},
+    {"events", cli_cmd_events},     {"status", cli_cmd_status}, {"group", cli_cmd_group},
+    {"resolve", cli_cmd_resolve},
 };
 
 void cli_usage(FILE *out)
@@ -45,12 +51,20 @@ void cli_usage(FILE *out)
           "  ps [APP]                 list instances: node, address, state (--all for ended)\n"
           "  logs APP|INSTANCE        print an instance's output (-f follows; --tail N)\n"
           "  nodes                    list the node agents and their resources\n"
+          "  resolve NAME             ask a node's locator where NAME runs (--locator HOST:PORT)\n"
           "\n"
           "Config:\n"
           "  kv get KEY               print a value (--index/--wait block for a change)\n"
           "  kv put KEY VALUE|-       store a value (- reads stdin; --cas R)\n"
           "  kv del KEY               delete a key (--recurse for a prefix; --cas R)\n"
           "  kv ls [PREFIX]           list keys and values under a prefix\n"
+          "\n"
+          "Routing:\n"
+          "  group create NAME T=W... create a routing group: NAME -> weighted apps/versions\n"
+          "  group set NAME T=W...    replace a group's members and weights (canary, A/B)\n"
+          "  group rm NAME            delete a routing group\n"
+          "  group ls                 list routing groups with each member's share\n"
+          "  group show NAME          show a group's members, weights, shares, stickiness\n"
           "\n"
           "Observe:\n"
           "  events                   follow the event stream (--type, --from)\n"

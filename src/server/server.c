@@ -5,6 +5,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "http/server.h"
+#include "locator/dns.h"
 #include "sched/assign.h"
 #include "store/store.h"
 
@@ -23,6 +24,7 @@ typedef struct server {
     api_t *api;
     sched_assign_t *assign;
     agent_t *agent;
+    dns_server_t *dns;
     const server_options_t *opts;
     bool stopping;
 } server_t;
@@ -97,6 +99,16 @@ static void server_agent_stopped(void *data)
         server_assign_stopped(s);
 }
 
+static void server_dns_stopped(void *data)
+{
+    server_t *s = data;
+    s->dns = NULL;
+    if (s->agent)
+        agent_stop(s->agent, s->opts->stop_instances_on_exit, server_agent_stopped, s);
+    else
+        server_agent_stopped(s);
+}
+
 /* First signal: drain. A second signal while draining exits at once, as
  * operators expect. */
 static void server_on_signal(uv_signal_t *h, int signum)
@@ -108,10 +120,10 @@ static void server_on_signal(uv_signal_t *h, int signum)
     }
     s->stopping = true;
     log_info("server", "%s received, shutting down", strsignal(signum));
-    if (s->agent)
-        agent_stop(s->agent, s->opts->stop_instances_on_exit, server_agent_stopped, s);
+    if (s->dns)
+        dns_server_stop(s->dns, server_dns_stopped, s);
     else
-        server_agent_stopped(s);
+        server_dns_stopped(s);
 }
 
 static int server_start_control_plane(server_t *s, err_t *err)
@@ -167,10 +179,18 @@ int server_run(const server_options_t *opts)
         if (rc)
             err_wrap(&err, rc, "starting the agent");
     }
+    if (!rc && s.agent && opts->dns_addr) {
+        rc = dns_server_start(&s.loop, opts->dns_addr, agent_table(s.agent), NULL, &s.dns, &err);
+        if (rc)
+            err_wrap(&err, rc, "DNS on %s", opts->dns_addr);
+        else
+            log_info("server", "DNS on %s:%d (names like web.production.drover.)", opts->dns_addr,
+                     dns_server_port(s.dns));
+    }
     if (rc) {
         log_error("server", "%s", err_str(&err, rc));
         s.stopping = true;
-        server_agent_stopped(&s);
+        server_dns_stopped(&s);
         uv_run(&s.loop, UV_RUN_DEFAULT);
         uv_loop_close(&s.loop);
         return rc;

@@ -19,6 +19,7 @@ typedef struct server_options {
     bool run_agent;
     agent_options_t agent;
     bool stop_instances_on_exit; /* dev: Ctrl-C stops the instances too */
+    const char *dns_addr;        /* dev: DNS over the agent's table ("127.0.0.1:8600"), or NULL */
     uint64_t shutdown_grace_ms;
 } server_options_t;
 

@@ -38,9 +38,18 @@ class Drover:
         self.args = list(args)
         self.proc = None
         self.log_path = os.path.join(tmp, f"drover-{self.port}.log")
+        self.dns_port = free_port()
 
     def start(self, wait=True):
-        cmd = [BIN, self.verb, "--data-dir", self.data_dir, "--api", self.addr] + self.args
+        extra = []
+        if self.verb == "dev":
+            # Fixed default ports would collide between tests and with a
+            # developer's own `drover dev`: pick free ones.
+            if "--locator" not in self.args:
+                extra += ["--locator", "127.0.0.1:0"]
+            if "--dns" not in self.args:
+                extra += ["--dns", f"127.0.0.1:{self.dns_port}"]
+        cmd = [BIN, self.verb, "--data-dir", self.data_dir, "--api", self.addr] + extra + self.args
         self.log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")

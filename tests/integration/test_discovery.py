@@ -1,0 +1,146 @@
+"""Discovery on a node: the agent's locator (msgpack RPC), `drover resolve`,
+DNS with dig, and draining with router confirmation before SIGTERM."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import msgpack
+
+from conftest import BIN
+
+from test_agent import alive, healthy, instances, wait_for
+
+
+def locator_of(d):
+    node = wait_for(lambda: d.get("/v1/nodes").json()["nodes"], what="node")[0]
+    return node["locator"]
+
+
+class Subscriber:
+    """A router subscribed to a node's table with `connect`."""
+
+    def __init__(self, hostport, uuid="test-router"):
+        host, port = hostport.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.unpacker = msgpack.Unpacker(raw=False)
+        self.sock.sendall(msgpack.packb([1, 1, [uuid]]))
+        self.table = {}
+        self.revision = 0
+
+    def next_write(self, timeout=10):
+        self.sock.settimeout(timeout)
+        while True:
+            for msg in self.unpacker:
+                channel, mtype, args = msg[0], msg[1], msg[2]
+                headers = dict(msg[3]) if len(msg) > 3 else {}
+                assert channel == 1 and mtype == 0, msg
+                self.revision = int(headers["revision"])
+                for name, value in args[0].items():
+                    if value[0]:
+                        self.table[name] = value
+                    else:
+                        self.table.pop(name, None)
+                return args[0]
+            self.unpacker.feed(self.sock.recv(65536))
+
+    def until(self, pred, timeout=15):
+        deadline = time.time() + timeout
+        while not pred(self.table):
+            self.next_write(max(0.1, deadline - time.time()))
+
+    def settle(self, quiet=0.3):
+        """Read every write that arrives until none has for `quiet` seconds."""
+        try:
+            while True:
+                self.next_write(quiet)
+        except socket.timeout:
+            pass
+
+    def ack(self, revision=None):
+        self.sock.sendall(msgpack.packb([1, 3, [revision or self.revision]]))
+
+    def close(self):
+        self.sock.close()
+
+
+def test_resolve_and_versions(drover):
+    drover.post("/v1/apps", {"id": "/t/web", "cmd": "exec sleep 1000", "instances": 2})
+    ok = wait_for(lambda: healthy(drover, "/t/web", 2), what="2 up")
+    loc = locator_of(drover)
+    r = drover.cli("resolve", "/t/web", "--locator", loc, "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+    got = json.loads(r.stdout)
+    assert sorted(e["port"] for e in got["endpoints"]) == sorted(i["ports"][0] for i in ok)
+    assert got["version"] == 1 and got["api"] == "service"
+    r = drover.cli("resolve", "/t/web@1", "--locator", loc, "--json")
+    assert len(json.loads(r.stdout)["endpoints"]) == 2
+    r = drover.cli("resolve", "/t/nothing", "--locator", loc)
+    assert r.returncode == 1 and "not found" in r.stderr
+
+
+def test_subscriber_gets_table_and_changes(drover):
+    loc = locator_of(drover)
+    sub = Subscriber(loc)
+    sub.next_write()  # the full table (maybe empty)
+    drover.post("/v1/apps", {"id": "/t/sub", "cmd": "exec sleep 1000", "instances": 2})
+    sub.until(lambda t: len(t.get("/t/sub", [[]])[0]) == 2)
+    drover.delete("/v1/apps/t/sub")
+    sub.until(lambda t: "/t/sub" not in t)
+    sub.close()
+
+
+def test_dns_a_and_srv(drover):
+    drover.post("/v1/apps", {"id": "/production/web", "cmd": "exec sleep 1000", "instances": 2})
+    ok = wait_for(lambda: healthy(drover, "/production/web", 2), what="2 up")
+    dig = ["dig", "@127.0.0.1", "-p", str(drover.dns_port), "+short", "+time=2", "+tries=2"]
+    a = subprocess.run(dig + ["web.production.drover.", "A"], capture_output=True, text=True)
+    assert a.stdout.split() == ["127.0.0.1"], a.stdout + a.stderr
+    srv = subprocess.run(dig + ["web.production.drover.", "SRV"], capture_output=True, text=True)
+    ports = sorted(int(line.split()[2]) for line in srv.stdout.strip().splitlines())
+    assert ports == sorted(i["ports"][0] for i in ok)
+    nx = subprocess.run(["dig", "@127.0.0.1", "-p", str(drover.dns_port), "+time=2",
+                         "nope.production.drover.", "A"], capture_output=True, text=True)
+    assert "NXDOMAIN" in nx.stdout
+
+
+def test_instance_killed_only_after_routers_confirm(make_drover):
+    d = make_drover(args=["--drain-timeout", "20s"]).start()
+    d.post("/v1/apps", {"id": "/t/drain", "cmd": "exec sleep 1000", "instances": 2})
+    ok = wait_for(lambda: healthy(d, "/t/drain", 2), what="2 up")
+    sub = Subscriber(locator_of(d))
+    sub.until(lambda t: len(t.get("/t/drain", [[]])[0]) == 2)
+    sub.ack()
+    d.put("/v1/apps/t/drain", {"id": "/t/drain", "cmd": "exec sleep 1000", "instances": 1})
+    sub.until(lambda t: len(t.get("/t/drain", [[]])[0]) == 1)
+    gone = [i for i in ok if [i["host"], i["ports"][0]] not in sub.table["/t/drain"][0]]
+    assert len(gone) == 1
+    sub.settle()
+    time.sleep(0.7)
+    assert alive(gone[0]["pid"]), "SIGTERM before the router confirmed the removal"
+    sub.ack()
+    wait_for(lambda: not alive(gone[0]["pid"]), timeout=10, what="stop after the ack")
+    sub.close()
+
+
+def test_unconfirmed_drain_proceeds_after_timeout_and_names_router(make_drover):
+    d = make_drover(args=["--drain-timeout", "1s"]).start()
+    d.post("/v1/apps", {"id": "/t/slow", "cmd": "exec sleep 1000", "instances": 1})
+    ok = wait_for(lambda: healthy(d, "/t/slow", 1), what="up")[0]
+    sub = Subscriber(locator_of(d), uuid="lazy-router")
+    sub.until(lambda t: "/t/slow" in t)
+    d.delete("/v1/apps/t/slow")
+    wait_for(lambda: not alive(ok["pid"]), timeout=10, what="stop after the drain timeout")
+    # The events stream carried the instance's reason naming the router.
+    import json as _json
+    sock = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    sock.sendall(b"GET /v1/events?from=1&type=instance HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    deadline = time.time() + 10
+    while b"lazy-router" not in data and time.time() < deadline:
+        data += sock.recv(65536)
+    sock.close()
+    assert b"lazy-router" in data and b"not confirmed" in data
+    sub.close()
