@@ -162,11 +162,32 @@ def seed_spec(name="test-server", env="production", instances=4):
     return spec
 
 
+def kill_leftover_instances(root):
+    """Instances outlive a killed agent by design; a test must not leave
+    them behind. Kill every monitor (and its app's group) under `root`."""
+    r = subprocess.run(["pgrep", "-f", f"drover-shim --dir {root}"], capture_output=True,
+                       text=True)
+    for pid in r.stdout.split():
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                for child in f.read().split():
+                    os.killpg(int(child), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 @pytest.fixture
 def drover(tmp_path):
     d = Drover(str(tmp_path)).start()
     yield d
-    rc = d.stop()
+    try:
+        rc = d.stop()
+    finally:
+        kill_leftover_instances(str(tmp_path))
     reports = d.sanitizer_reports()
     assert not reports, "sanitizer reports:\n" + "\n".join(reports) + "\n" + d.logs()[-4000:]
     assert rc == 0, f"drover exited with {rc} on SIGTERM:\n{d.logs()[-4000:]}"
@@ -185,8 +206,11 @@ def make_drover(tmp_path):
         return d
 
     yield make
-    for d in made:
-        if d.proc and d.proc.poll() is None:
-            d.stop()
+    try:
+        for d in made:
+            if d.proc and d.proc.poll() is None:
+                d.stop()
+    finally:
+        kill_leftover_instances(str(tmp_path))
         reports = d.sanitizer_reports()
         assert not reports, "sanitizer reports:\n" + "\n".join(reports)
