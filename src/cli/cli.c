@@ -11,11 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Routing groups (src/cli/groups.c). */
-int cli_cmd_group(cli_ctx_t *ctx, int argc, char **argv);
-/* Ask a node's locator (src/cli/resolve.c). */
-int cli_cmd_resolve(cli_ctx_t *ctx, int argc, char **argv);
-
 typedef struct cli_verb {
     const char *name;
     int (*run)(cli_ctx_t *ctx, int argc, char **argv);

@@ -323,6 +323,10 @@ void cli_push_print(const char *dir, const json_t *answer, FILE *out);
 /* ---- verbs -------------------------------------------------------------- */
 
 int cli_cmd_apps(cli_ctx_t *ctx, int argc, char **argv);
+/* Routing groups (src/cli/groups.c). */
+int cli_cmd_group(cli_ctx_t *ctx, int argc, char **argv);
+/* Ask a node's locator (src/cli/resolve.c). */
+int cli_cmd_resolve(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_app(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_versions(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv);

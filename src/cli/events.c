@@ -163,6 +163,8 @@ char *cli_event_line(const cli_sse_event_t *ev)
         const char *subject = json_str(d, "id");
         if (!subject)
             subject = json_str(d, "key");
+        if (!subject)
+            subject = json_str(d, "name"); /* group events */
         if (subject)
             buf_printf(&b, " %s", subject);
         for (void *it = json_object_iter(d); it; it = json_object_iter_next(d, it)) {
