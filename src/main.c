@@ -47,7 +47,7 @@ static bool main_key_allowed(const char *verb, int k)
     if (k == K_DATA_DIR || k == K_LOG_LEVEL || k == K_LOG_FORMAT || k == K_CONFIG)
         return true;
     if (!strcmp(verb, "server"))
-        return k == K_API || k == K_STORE;
+        return k == K_API || k == K_STORE || k == K_LOCATOR || k == K_DNS;
     if (!strcmp(verb, "agent"))
         return k >= K_SERVER && k <= K_DRAIN;
     return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN || k == K_LOCATOR ||
@@ -102,13 +102,16 @@ static void main_process_usage(FILE *out, const char *verb)
                 "usage: drover server --config FILE [--data-dir DIR] [--api ADDR] [--log-level L]\n"
                 "                     [--log-format F]\n"
                 "\n"
-                "Run the control plane: HTTP/JSON API, store and placement. Flags override the\n"
-                "config file.\n"
+                "Run the control plane: HTTP/JSON API, store, placement, and the metalocator\n"
+                "(every node's services, merged, on --locator; DNS on --dns). Flags override\n"
+                "the config file.\n"
                 "\n"
                 "config file keys (one `key = value` per line, # comments):\n"
                 "  data-dir     where state is kept (default /var/lib/drover)\n"
                 "  api          API listen address (default 127.0.0.1:7400)\n"
                 "  store        store backend: sqlite (default)\n"
+                "  locator      metalocator listen address (default 0.0.0.0:10053)\n"
+                "  dns          DNS listen address for services (default: off)\n"
                 "  log-level    debug, info, warn, error\n"
                 "  log-format   text or json\n"
                 "\n"
@@ -243,11 +246,10 @@ static int main_process(int argc, char **argv)
         so.agent.server_url = dev_server_url;
         so.agent.advertise = "127.0.0.1";
         so.agent.listen = "127.0.0.1:0";
-        if (!so.agent.locator)
-            so.agent.locator = "127.0.0.1:10053";
-        so.dns_addr = vals[K_DNS] ? vals[K_DNS] : "127.0.0.1:8600";
-        if (!strcmp(so.dns_addr, "off"))
-            so.dns_addr = NULL;
+        /* In dev the well-known port is the metalocator's (what `drover
+         * resolve` and routers ask); the agent's own locator takes any. */
+        so.meta_addr = so.agent.locator ? so.agent.locator : "127.0.0.1:10053";
+        so.agent.locator = "127.0.0.1:0";
     } else if (agent) {
         const char *env = getenv("DROVER_ADDR");
         so.agent.server_url =
@@ -255,6 +257,13 @@ static int main_process(int argc, char **argv)
         so.agent.data_dir = vals[K_DATA_DIR] ? vals[K_DATA_DIR] : "/var/lib/drover-agent";
         so.agent.advertise = vals[K_ADVERTISE];
         so.agent.listen = vals[K_LISTEN];
+    }
+    if (!agent) {
+        so.dns_addr = vals[K_DNS] ? vals[K_DNS] : (dev ? "127.0.0.1:8600" : NULL);
+        if (so.dns_addr && !strcmp(so.dns_addr, "off"))
+            so.dns_addr = NULL;
+        if (!dev)
+            so.meta_addr = vals[K_LOCATOR];
     }
     rc = server_run(&so);
     free(dev_agent_dir);

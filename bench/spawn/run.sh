@@ -24,12 +24,12 @@ trap cleanup EXIT
 
 port=$(bench_free_port)
 api="http://127.0.0.1:$port"
-printf 'data-dir = %s/server\napi = 127.0.0.1:%s\nlog-level = warn\n' "$tmp" "$port" >"$tmp/server.conf"
+printf 'data-dir = %s/server\napi = 127.0.0.1:%s\nlocator = 127.0.0.1:0\nlog-level = warn\n' "$tmp" "$port" >"$tmp/server.conf"
 bin/drover server --config "$tmp/server.conf" 2>"$tmp/server.log" &
 pids+=($!)
 bench_wait_http "$api/v1/status"
 ${AGENT_WRAP:-bin/drover} agent --server "$api" --data-dir "$tmp/agent" --listen 127.0.0.1:0 \
-    --advertise 127.0.0.1 --ports 20000-32000 --log-level ${AGENT_LOG_LEVEL:-warn} 2>"$tmp/agent.log" &
+    --advertise 127.0.0.1 --locator 127.0.0.1:0 --ports 20000-32000 --log-level ${AGENT_LOG_LEVEL:-warn} 2>"$tmp/agent.log" &
 agent=$!
 pids+=($agent)
 for _ in $(seq 100); do

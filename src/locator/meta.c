@@ -100,6 +100,11 @@ struct meta_link {
     uint64_t rev;      /* last revision applied on this link */
     uint64_t ack_want; /* highest revision that may be acked */
     uint64_t ack_sent;
+    /* downstream: newest applied revision, the merged revision holding it,
+     * and whether a wait for the routers' confirmation is outstanding */
+    uint64_t confirm_rev;
+    uint64_t confirm_merged;
+    bool ticket_out;
 };
 
 struct meta_node {
@@ -126,6 +131,7 @@ struct meta_node {
     uint64_t revision;
     uint64_t links, failures;
     char last_error[ERR_MSG_MAX];
+    bool warned; /* a failure was logged since the last sync */
     bool removed;
     int refs;   /* open timers + lookup in flight; freed at 0 once removed */
     buf_t sink; /* detached: everything written */
@@ -148,7 +154,7 @@ struct meta {
     loc_table_t *merged;
     char *uuid;
     uint64_t backoff_start, backoff_max, connect_timeout, stale_ms, confirm_timeout;
-    size_t max_message, max_nodes;
+    size_t max_message, max_nodes, max_names;
     loc_server_t *downstream;
 
     meta_node_t *nodes; /* by id */
@@ -491,6 +497,33 @@ static int check_table(const msgpack_object_map *map, err_t *err)
     return 0;
 }
 
+/* A node may contribute at most m->max_names names: a full table or a
+ * change that would take it past that is refused whole. Why a bound: the
+ * message limit alone admits ~150k tiny names, and inserting that many
+ * into the merged table (a sorted array) would stall the loop for seconds. */
+static int check_names_cap(const meta_t *m, const meta_node_t *node, const msgpack_object_map *map,
+                           bool full, err_t *err)
+{
+    size_t total = full ? 0 : node->names;
+    for (uint32_t i = 0; i < map->size; i++) {
+        const msgpack_object *key = &map->ptr[i].key;
+        if (map->ptr[i].val.via.array.ptr[0].via.array.size == 0)
+            continue;
+        if (!full) {
+            size_t klen;
+            const char *k = obj_bytes(key, &klen);
+            meta_name_t *nm = names_find(m, k, klen, meta_hash(k, klen));
+            size_t at;
+            if (nm && name_contrib(nm, node, &at))
+                continue;
+        }
+        if (++total > m->max_names)
+            return err_set(err, -EPROTO, "the node would contribute more than %zu names",
+                           m->max_names);
+    }
+    return 0;
+}
+
 /* Set (n > 0) or remove (n == 0) the node's contribution for one checked
  * name, and recompute the name if that changed anything. */
 static void merge_apply(meta_t *m, meta_node_t *node, const msgpack_object *key,
@@ -607,7 +640,8 @@ static int link_handle(meta_link_t *l, const rpc_msg_t *msg, err_t *err)
     uint64_t rev = 0;
     const msgpack_object_map *map = NULL;
     if (msg_revision(msg, &rev, err) < 0 || rpc_args_count(msg, 1, 1, err) < 0 ||
-        rpc_arg_map(msg, 0, &map, err) < 0 || check_table(map, err) < 0) {
+        rpc_arg_map(msg, 0, &map, err) < 0 || check_table(map, err) < 0 ||
+        check_names_cap(m, node, map, !l->synced, err) < 0) {
         err_wrap(err, -EPROTO, "message %" PRIu64, msg->index);
         return -EPROTO;
     }
@@ -631,6 +665,7 @@ static int link_handle(meta_link_t *l, const rpc_msg_t *msg, err_t *err)
         node->links++;
         node->state = META_LINK_UP;
         node->backoff_ms = m->backoff_start;
+        node->warned = false;
         if (node->stale) {
             node->stale = false;
             if (m->loop)
@@ -779,8 +814,40 @@ static void link_ack(meta_link_t *l, uint64_t rev)
 static void ticket_on_confirmed(uint64_t revision, size_t confirmed, size_t pending,
                                 const char *pending_names, void *data);
 
+/* Wait for the downstream routers to confirm merged revision
+ * l->confirm_merged, then ack l->confirm_rev to the node. */
+static void link_wait_downstream(meta_link_t *l)
+{
+    meta_t *m = l->m;
+    meta_node_t *node = l->node;
+    size_t idlen = strlen(node->id);
+    meta_ticket_t *t = xcalloc(1, sizeof(*t) + idlen + 1);
+    memcpy(t->node_id, node->id, idlen);
+    t->m = m;
+    t->link_seq = l->seq;
+    t->rev = l->confirm_rev;
+    int rc = loc_server_wait_confirmed(m->downstream, l->confirm_merged, m->confirm_timeout,
+                                       ticket_on_confirmed, t);
+    if (rc < 0) {
+        /* The downstream server is stopping: no router follows it. */
+        log_debug("meta", "node %s: downstream wait: %s; acking %" PRIu64, node->id, strerror(-rc),
+                  t->rev);
+        link_ack(l, t->rev);
+        free(t);
+        return;
+    }
+    l->ticket_out = true;
+    t->next = m->tickets;
+    if (m->tickets)
+        m->tickets->prev = t;
+    m->tickets = t;
+}
+
 /* The node's revisions up to l->rev are applied: ack them now, or once
- * the downstream routers confirmed the merged revision holding them. */
+ * the downstream routers confirmed the merged revision holding them. One
+ * wait per link is outstanding at a time (a later one covers everything
+ * applied meanwhile), so routers that never ack cost one waiter per node,
+ * not one per change. */
 static void link_applied(meta_link_t *l)
 {
     meta_t *m = l->m;
@@ -788,27 +855,10 @@ static void link_applied(meta_link_t *l)
         link_ack(l, l->rev);
         return;
     }
-    meta_node_t *node = l->node;
-    size_t idlen = strlen(node->id);
-    meta_ticket_t *t = xcalloc(1, sizeof(*t) + idlen + 1);
-    memcpy(t->node_id, node->id, idlen);
-    t->m = m;
-    t->link_seq = l->seq;
-    t->rev = l->rev;
-    int rc = loc_server_wait_confirmed(m->downstream, loc_table_revision(m->merged),
-                                       m->confirm_timeout, ticket_on_confirmed, t);
-    if (rc < 0) {
-        /* The downstream server is stopping: no router follows it. */
-        log_debug("meta", "node %s: downstream wait: %s; acking %" PRIu64, node->id, strerror(-rc),
-                  l->rev);
-        free(t);
-        link_ack(l, l->rev);
-        return;
-    }
-    t->next = m->tickets;
-    if (m->tickets)
-        m->tickets->prev = t;
-    m->tickets = t;
+    l->confirm_rev = l->rev;
+    l->confirm_merged = loc_table_revision(m->merged);
+    if (!l->ticket_out)
+        link_wait_downstream(l);
 }
 
 static meta_node_t *node_find(const meta_t *m, const char *id);
@@ -831,6 +881,7 @@ static void ticket_on_confirmed(uint64_t revision, size_t confirmed, size_t pend
     meta_node_t *node = node_find(m, t->node_id);
     meta_link_t *l = node ? node->link : NULL;
     if (l && l->seq == t->link_seq) {
+        l->ticket_out = false;
         if (pending == 0)
             link_ack(l, t->rev);
         else
@@ -838,6 +889,9 @@ static void ticket_on_confirmed(uint64_t revision, size_t confirmed, size_t pend
                      "node %s: revision %" PRIu64 " not acked: downstream merged revision %" PRIu64
                      " unconfirmed by %s",
                      t->node_id, t->rev, revision, pending_names);
+        /* link_ack may have failed the link. */
+        if (l->node && l->confirm_rev > t->rev)
+            link_wait_downstream(l);
     }
     free(t);
 }
@@ -1001,6 +1055,9 @@ static void node_link_down(meta_node_t *node, int code, const char *why)
     if (node->link)
         link_close(node->link);
     node->state = META_LINK_IDLE;
+    /* A node that stays down fails the same way every few seconds: say so
+     * once, then only at debug level. */
+    bool repeat = node->warned && strcmp(node->last_error, why) == 0;
     if (code)
         snprintf(node->last_error, sizeof(node->last_error), "%s", why);
     if (!m->loop)
@@ -1018,8 +1075,13 @@ static void node_link_down(meta_node_t *node, int code, const char *why)
     uint64_t delay = d / 2 + meta_rand(m) % (d - d / 2 + 1);
     node->backoff_ms = d * 2 < m->backoff_max ? d * 2 : m->backoff_max;
     uv_timer_start(&node->timer, node_on_timer, delay, 0);
-    log_warn("meta", "node %s (%s): %s; retrying in %" PRIu64 " ms%s", node->id, node->addr, why,
-             delay, node->stale ? " (its endpoints are kept meanwhile)" : "");
+    if (repeat)
+        log_debug("meta", "node %s (%s): %s; retrying in %" PRIu64 " ms", node->id, node->addr, why,
+                  delay);
+    else
+        log_warn("meta", "node %s (%s): %s; retrying in %" PRIu64 " ms%s", node->id, node->addr,
+                 why, delay, node->stale ? " (its endpoints are kept meanwhile)" : "");
+    node->warned = true;
 }
 
 static void node_link_fail(meta_node_t *node, int code, const char *why)
@@ -1056,8 +1118,17 @@ static void node_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo 
         node_link_fail(node, status < 0 ? status : -EHOSTUNREACH, why);
         return;
     }
+    /* Successive attempts go round the addresses, so a name with an
+     * unreachable first address (::1 before 127.0.0.1) still connects. */
+    size_t count = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+        count++;
+    struct addrinfo *pick = res;
+    for (size_t i = node->failures % count; i > 0; i--)
+        pick = pick->ai_next;
     struct sockaddr_storage ss;
-    memcpy(&ss, res->ai_addr, res->ai_addrlen < sizeof(ss) ? res->ai_addrlen : sizeof(ss));
+    memset(&ss, 0, sizeof(ss));
+    memcpy(&ss, pick->ai_addr, pick->ai_addrlen < sizeof(ss) ? pick->ai_addrlen : sizeof(ss));
     uv_freeaddrinfo(res);
     link_open(node, (const struct sockaddr *)&ss);
 }
@@ -1200,6 +1271,7 @@ int meta_node_add(meta_t *m, const char *node_id, const char *host_port)
         node_connect(node);
     } else {
         link_new(node);
+        node->state = META_LINK_SYNCING;
         link_flush(node->link);
     }
     return 0;
@@ -1322,6 +1394,7 @@ static int meta_configure(meta_t *m, const meta_opts_t *opts, err_t *err)
         o.confirm_timeout_ms ? o.confirm_timeout_ms : META_CONFIRM_TIMEOUT_DEFAULT_MS;
     m->max_message = o.max_message_bytes ? o.max_message_bytes : RPC_MAX_MESSAGE_DEFAULT;
     m->max_nodes = o.max_nodes ? o.max_nodes : META_MAX_NODES_DEFAULT;
+    m->max_names = o.max_names_per_node ? o.max_names_per_node : META_MAX_NAMES_DEFAULT;
     m->downstream = o.downstream;
     if (o.uuid) {
         size_t n = strlen(o.uuid);
@@ -1449,6 +1522,7 @@ int meta_node_feed(meta_t *m, const char *node_id, const void *bytes, size_t n, 
         return err_set(err, -ENOENT, "no node %s", node_id);
     if (!node->link) {
         link_new(node);
+        node->state = META_LINK_SYNCING;
         link_flush(node->link);
     }
     err_t e = {0};

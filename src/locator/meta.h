@@ -60,6 +60,7 @@
 #define META_STALE_DEFAULT_MS           15000
 #define META_CONFIRM_TIMEOUT_DEFAULT_MS 60000
 #define META_MAX_NODES_DEFAULT          4096
+#define META_MAX_NAMES_DEFAULT          10000
 /* Longest node id meta_node_add accepts. */
 #define META_NODE_ID_MAX 255
 
@@ -81,6 +82,9 @@ typedef struct meta_opts {
     size_t max_message_bytes;
     /* meta_node_add refuses more nodes than this (-EMFILE). */
     size_t max_nodes;
+    /* Names one node may contribute; a message that would take it past
+     * this ends the link (a protocol error). */
+    size_t max_names_per_node;
     /* The server serving the merged table, or NULL (see "Acks" above). Not
      * owned; must be running while the metalocator is. */
     loc_server_t *downstream;
@@ -118,8 +122,8 @@ typedef struct meta meta_t;
 
 /* Start a metalocator writing `merged` (which must outlive it) on `loop`,
  * with no nodes. opts may be NULL (defaults); its strings are copied.
- * Returns 0, or -EINVAL for bad options (backoff_start > backoff_max, a
- * uuid over 64 bytes) with *out NULL. */
+ * Returns 0, or -EINVAL for bad options (backoff_start > backoff_max, an
+ * empty uuid or one over 255 bytes) with *out NULL. */
 int meta_start(uv_loop_t *loop, loc_table_t *merged, const meta_opts_t *opts, meta_t **out,
                err_t *err);
 

@@ -6,7 +6,10 @@
 #include "core/log.h"
 #include "http/server.h"
 #include "locator/dns.h"
+#include "locator/locator.h"
+#include "locator/meta.h"
 #include "sched/assign.h"
+#include "server/registry.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -25,6 +28,10 @@ typedef struct server {
     sched_assign_t *assign;
     agent_t *agent;
     dns_server_t *dns;
+    loc_table_t *merged; /* every node's table, merged by the metalocator */
+    meta_t *meta;
+    loc_server_t *meta_loc; /* serves `merged` to routers and `drover resolve` */
+    registry_t *registry;
     const server_options_t *opts;
     bool stopping;
 } server_t;
@@ -89,14 +96,40 @@ static void server_assign_stopped(void *data)
         server_http_closed(s);
 }
 
-static void server_agent_stopped(void *data)
+static void server_meta_loc_stopped(void *data)
 {
     server_t *s = data;
-    s->agent = NULL;
+    s->meta_loc = NULL;
+    loc_table_free(s->merged);
+    s->merged = NULL;
     if (s->assign)
         sched_assign_stop(s->assign, server_assign_stopped, s);
     else
         server_assign_stopped(s);
+}
+
+static void server_meta_stopped(void *data)
+{
+    server_t *s = data;
+    s->meta = NULL;
+    if (s->meta_loc)
+        loc_server_stop(s->meta_loc, server_meta_loc_stopped, s);
+    else
+        server_meta_loc_stopped(s);
+}
+
+/* The agent goes first (its draining instances wait for the metalocator's
+ * confirmations), then the metalocator, then placement. */
+static void server_agent_stopped(void *data)
+{
+    server_t *s = data;
+    s->agent = NULL;
+    registry_stop(s->registry);
+    s->registry = NULL;
+    if (s->meta)
+        meta_stop(s->meta, server_meta_stopped, s);
+    else
+        server_meta_stopped(s);
 }
 
 static void server_dns_stopped(void *data)
@@ -153,6 +186,22 @@ static int server_start_control_plane(server_t *s, err_t *err)
     rc = sched_assign_start(&s->loop, s->store, &s->assign, err);
     if (rc)
         return err_wrap(err, rc, "starting placement");
+    /* The metalocator: links every registered node's locator, merges their
+     * tables and serves the result, so routers and DNS need one address. */
+    s->merged = loc_table_new();
+    loc_server_opts_t lo = {0};
+    const char *maddr = opts->meta_addr ? opts->meta_addr : "0.0.0.0:10053";
+    rc = loc_server_start(&s->loop, maddr, s->merged, &lo, &s->meta_loc, err);
+    if (rc)
+        return err_wrap(err, rc, "metalocator on %s", maddr);
+    meta_opts_t mo = {.downstream = s->meta_loc};
+    rc = meta_start(&s->loop, s->merged, &mo, &s->meta, err);
+    if (rc)
+        return err_wrap(err, rc, "starting the metalocator");
+    rc = registry_start(s->store, s->meta, &s->registry, err);
+    if (rc)
+        return rc;
+    log_info("server", "metalocator on %s:%d", maddr, loc_server_port(s->meta_loc));
     return 0;
 }
 
@@ -179,8 +228,11 @@ int server_run(const server_options_t *opts)
         if (rc)
             err_wrap(&err, rc, "starting the agent");
     }
-    if (!rc && s.agent && opts->dns_addr) {
-        rc = dns_server_start(&s.loop, opts->dns_addr, agent_table(s.agent), NULL, &s.dns, &err);
+    if (!rc && opts->dns_addr) {
+        /* DNS answers from the merged table (every node), or from the
+         * agent's own table on an agent-only process. */
+        loc_table_t *t = s.merged ? s.merged : (s.agent ? agent_table(s.agent) : NULL);
+        rc = t ? dns_server_start(&s.loop, opts->dns_addr, t, NULL, &s.dns, &err) : 0;
         if (rc)
             err_wrap(&err, rc, "DNS on %s", opts->dns_addr);
         else

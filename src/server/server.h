@@ -19,7 +19,8 @@ typedef struct server_options {
     bool run_agent;
     agent_options_t agent;
     bool stop_instances_on_exit; /* dev: Ctrl-C stops the instances too */
-    const char *dns_addr;        /* dev: DNS over the agent's table ("127.0.0.1:8600"), or NULL */
+    const char *dns_addr;        /* DNS over the merged table ("127.0.0.1:8600"), or NULL */
+    const char *meta_addr;       /* metalocator: the merged table of every node ("0.0.0.0:10053") */
     uint64_t shutdown_grace_ms;
 } server_options_t;
 

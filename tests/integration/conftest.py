@@ -39,6 +39,7 @@ class Drover:
         self.proc = None
         self.log_path = os.path.join(tmp, f"drover-{self.port}.log")
         self.dns_port = free_port()
+        self.meta_port = free_port()
 
     def start(self, wait=True):
         extra = []
@@ -46,7 +47,7 @@ class Drover:
             # Fixed default ports would collide between tests and with a
             # developer's own `drover dev`: pick free ones.
             if "--locator" not in self.args:
-                extra += ["--locator", "127.0.0.1:0"]
+                extra += ["--locator", f"127.0.0.1:{self.meta_port}"]
             if "--dns" not in self.args:
                 extra += ["--dns", f"127.0.0.1:{self.dns_port}"]
         cmd = [BIN, self.verb, "--data-dir", self.data_dir, "--api", self.addr] + extra + self.args

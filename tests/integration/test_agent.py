@@ -249,7 +249,7 @@ def test_kill9_of_dev_leaves_instances_and_readopts(make_drover):
 def test_separate_server_and_agent_processes(make_drover, tmp_path):
     srv = make_drover(subdir="server")
     conf = tmp_path / "server.conf"
-    conf.write_text(f"data-dir = {srv.data_dir}\napi = {srv.addr}\n")
+    conf.write_text(f"data-dir = {srv.data_dir}\napi = {srv.addr}\nlocator = 127.0.0.1:0\n")
     srv.verb, srv.args = "server", ["--config", str(conf)]
     srv.data_dir = str(tmp_path / "server" / "data")
     srv.start()
@@ -258,6 +258,7 @@ def test_separate_server_and_agent_processes(make_drover, tmp_path):
     log = open(tmp_path / "agent.log", "wb")
     ag = subprocess.Popen([BIN, "agent", "--server", srv.url, "--data-dir", agent_dir,
                            "--labels", "disk=ssd,rack=r1", "--listen", "127.0.0.1:0",
+                           "--locator", "127.0.0.1:0",
                            "--advertise", "127.0.0.1", "--ports", "31000-31100"],
                           stdout=log, stderr=log, env=env)
     try:
@@ -274,7 +275,8 @@ def test_separate_server_and_agent_processes(make_drover, tmp_path):
         ag.wait()
         assert all(alive(i["pid"]) for i in ok)
         ag = subprocess.Popen([BIN, "agent", "--server", srv.url, "--data-dir", agent_dir,
-                               "--listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
+                               "--listen", "127.0.0.1:0", "--locator", "127.0.0.1:0",
+                               "--advertise", "127.0.0.1",
                                "--ports", "31000-31100"], stdout=log, stderr=log, env=env)
         def readopted():
             ok2 = healthy(srv, "/t/remote", 2)

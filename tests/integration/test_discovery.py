@@ -144,3 +144,42 @@ def test_unconfirmed_drain_proceeds_after_timeout_and_names_router(make_drover):
     sock.close()
     assert b"lazy-router" in data and b"not confirmed" in data
     sub.close()
+
+
+def test_metalocator_serves_every_node_two_hops(drover):
+    """agent locator -> server metalocator -> client: resolve and connect on
+    the metalocator see what the node runs."""
+    drover.post("/v1/apps", {"id": "/t/meta", "cmd": "exec sleep 1000", "instances": 2})
+    ok = wait_for(lambda: healthy(drover, "/t/meta", 2), what="2 up")
+    meta = f"127.0.0.1:{drover.meta_port}"
+    import json
+
+    def resolved():
+        r = drover.cli("resolve", "/t/meta", "--locator", meta, "--json")
+        return json.loads(r.stdout) if r.returncode == 0 else None
+    got = wait_for(resolved, what="metalocator resolve")
+    assert sorted(e["port"] for e in got["endpoints"]) == sorted(i["ports"][0] for i in ok)
+    sub = Subscriber(meta)
+    sub.until(lambda t: len(t.get("/t/meta", [[]])[0]) == 2)
+    sub.close()
+
+
+def test_drain_waits_for_router_two_hops_away(make_drover):
+    d = make_drover(args=["--drain-timeout", "20s"]).start()
+    d.post("/v1/apps", {"id": "/t/far", "cmd": "exec sleep 1000", "instances": 2})
+    ok = wait_for(lambda: healthy(d, "/t/far", 2), what="2 up")
+    sub = Subscriber(f"127.0.0.1:{d.meta_port}", uuid="edge-router")
+    sub.until(lambda t: len(t.get("/t/far", [[]])[0]) == 2)
+    sub.settle()
+    sub.ack()
+    d.put("/v1/apps/t/far", {"id": "/t/far", "cmd": "exec sleep 1000", "instances": 1})
+    sub.until(lambda t: len(t.get("/t/far", [[]])[0]) == 1)
+    gone = [i for i in ok if [i["host"], i["ports"][0]] not in sub.table["/t/far"][0]]
+    assert len(gone) == 1
+    sub.settle()
+    time.sleep(0.7)
+    assert alive(gone[0]["pid"]), "SIGTERM before the router two hops away confirmed"
+    sub.ack()
+    wait_for(lambda: not alive(gone[0]["pid"]), timeout=10, what="stop after the edge ack")
+    hist = [h["reason"] for i in instances(d, "/t/far") for h in i["history"]]
+    sub.close()

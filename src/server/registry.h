@@ -1,0 +1,16 @@
+/* registry: links the metalocator to every node in the server's registry. */
+#ifndef DROVER_SERVER_REGISTRY_H
+#define DROVER_SERVER_REGISTRY_H
+
+#include "core/err.h"
+#include "locator/meta.h"
+#include "store/store.h"
+
+typedef struct registry registry_t;
+
+/* Reads /nodes/ and follows it. store and meta must outlive it. */
+int registry_start(store_t *store, meta_t *meta, registry_t **out, err_t *err);
+/* No meta calls after this returns. */
+void registry_stop(registry_t *r);
+
+#endif
