@@ -37,8 +37,7 @@ static int uuid_check(const char *p, size_t len, err_t *err)
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)p[i];
         if (c < 0x21 || c > 0x7e)
-            return err_set(err, -EINVAL, "uuid byte %zu is 0x%02x, expected printable ASCII", i,
-                           c);
+            return err_set(err, -EINVAL, "uuid byte %zu is 0x%02x, expected printable ASCII", i, c);
     }
     return 0;
 }
@@ -393,8 +392,8 @@ static int cfg_resolve(const announce_opts_t *o, cfg_t *c, err_t *err)
         return err_set(err, -EINVAL, "announce max nodes %zu over %zu", c->max_nodes,
                        MAX_NODES_LIMIT);
     c->rate = o->rate_limit ? o->rate_limit : ANNOUNCE_RATE_DEFAULT;
-    c->burst = o->rate_burst ? o->rate_burst
-                             : (c->rate > UINT32_MAX / 2 ? UINT32_MAX : c->rate * 2);
+    c->burst =
+        o->rate_burst ? o->rate_burst : (c->rate > UINT32_MAX / 2 ? UINT32_MAX : c->rate * 2);
     c->max_sources = o->max_sources ? o->max_sources : ANNOUNCE_MAX_SOURCES_DEFAULT;
     if (c->max_sources > MAX_SOURCES_LIMIT)
         return err_set(err, -EINVAL, "announce max sources %zu over %zu", c->max_sources,
@@ -606,7 +605,7 @@ void announce_sender_stop(announce_sender_t *s, void (*done)(void *data), void *
 /* ---- listener -------------------------------------------------------------- */
 
 typedef struct node {
-    struct node *hnext;      /* hash chain */
+    struct node *hnext;       /* hash chain */
     struct node *prev, *next; /* seen order, least recently announced first */
     uint64_t last_seen;       /* loop time, ms */
     announce_endpoint_t *eps; /* one allocation with the address strings */
@@ -636,7 +635,8 @@ struct announce_listener {
     node_t *oldest, *newest;
     source_t *sources;
     size_t source_mask;
-    bool full_logged;
+    bool full_logged; /* the table-full warning was logged at full_logged_at */
+    uint64_t full_logged_at;
     bool stopping;
     int closing;
     announce_listener_stats_t stats;
@@ -778,13 +778,18 @@ static void listener_apply(announce_listener_t *l)
     bool changed;
     if (!nd) {
         if (l->stats.nodes >= l->cfg.max_nodes) {
+            /* A flood keeps the table full for as long as it lasts: one
+             * line a minute says so without flooding the log too. */
+            uint64_t now = uv_now(l->loop);
             l->stats.dropped_full++;
-            if (!l->full_logged)
+            if (!l->full_logged || now - l->full_logged_at >= 60000) {
                 log_warn(MOD,
                          "tracking %zu nodes, the limit: announces of new nodes are dropped "
-                         "until some expire",
-                         l->stats.nodes);
-            l->full_logged = true;
+                         "until some expire (%" PRIu64 " dropped so far)",
+                         l->stats.nodes, l->stats.dropped_full);
+                l->full_logged = true;
+                l->full_logged_at = now;
+            }
             return;
         }
         size_t ulen = strlen(m->uuid);
@@ -862,7 +867,6 @@ static void listener_on_tick(uv_timer_t *t)
         *node_slot(l, nd->uuid) = nd->hnext;
         l->stats.nodes--;
         l->stats.downs++;
-        l->full_logged = false;
         l->on_node(nd->uuid, nd->eps, nd->n, false, l->data);
         node_free(nd);
     }

@@ -35,9 +35,9 @@
 #define ANNOUNCE_INTERVAL_DEFAULT 5000 /* ms */
 #define ANNOUNCE_TTL_DEFAULT      1
 /* A node is reported down after this many intervals without an announce. */
-#define ANNOUNCE_MISSED_MAX 3
-#define ANNOUNCE_MAX_NODES_DEFAULT 4096
-#define ANNOUNCE_RATE_DEFAULT      50 /* datagrams per second per source address */
+#define ANNOUNCE_MISSED_MAX          3
+#define ANNOUNCE_MAX_NODES_DEFAULT   4096
+#define ANNOUNCE_RATE_DEFAULT        50 /* datagrams per second per source address */
 #define ANNOUNCE_MAX_SOURCES_DEFAULT 1024
 /* rate_limit value that turns the per-source limit off. */
 #define ANNOUNCE_RATE_UNLIMITED UINT32_MAX
@@ -92,7 +92,7 @@ typedef struct announce_opts {
 typedef struct announce_msg {
     char uuid[ANNOUNCE_UUID_MAX + 1];
     announce_endpoint_t eps[ANNOUNCE_MAX_ENDPOINTS]; /* addr points into addrs */
-    size_t n;                                       /* >= 1 */
+    size_t n;                                        /* >= 1 */
     char addrs[ANNOUNCE_MAX_ENDPOINTS][ANNOUNCE_ADDR_MAX + 1];
 } announce_msg_t;
 
