@@ -30,14 +30,20 @@ enum {
     K_HARDEN,
     K_LOCATOR,
     K_DRAIN,
+    K_ANNOUNCE,
+    K_ANNOUNCE_INTERVAL,
+    K_ANNOUNCE_IF,
+    K_DISCOVER,
     K_DNS,
     K_CONFIG,
     K_COUNT
 };
 /* Same order as the enum above. */
 static const char *const main_keys[] = {
-    "data-dir", "api",   "store",  "log-level", "log-format",    "server", "labels", "advertise",
-    "listen",   "ports", "harden", "locator",   "drain-timeout", "dns",    "config", NULL};
+    "data-dir",    "api",      "store",         "log-level", "log-format",
+    "server",      "labels",   "advertise",     "listen",    "ports",
+    "harden",      "locator",  "drain-timeout", "announce",  "announce-interval",
+    "announce-if", "discover", "dns",           "config",    NULL};
 _Static_assert(sizeof(main_keys) / sizeof(*main_keys) == K_COUNT + 1,
                "main_keys must list every K_ flag");
 
@@ -47,9 +53,10 @@ static bool main_key_allowed(const char *verb, int k)
     if (k == K_DATA_DIR || k == K_LOG_LEVEL || k == K_LOG_FORMAT || k == K_CONFIG)
         return true;
     if (!strcmp(verb, "server"))
-        return k == K_API || k == K_STORE || k == K_LOCATOR || k == K_DNS;
+        return k == K_API || k == K_STORE || k == K_LOCATOR || k == K_DNS || k == K_DISCOVER ||
+               k == K_ANNOUNCE_INTERVAL || k == K_ANNOUNCE_IF;
     if (!strcmp(verb, "agent"))
-        return k >= K_SERVER && k <= K_DRAIN;
+        return k >= K_SERVER && k <= K_ANNOUNCE_IF;
     return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN || k == K_LOCATOR ||
            k == K_DRAIN || k == K_DNS; /* dev */
 }
@@ -60,6 +67,7 @@ static void main_process_usage(FILE *out, const char *verb)
         fprintf(
             out,
             "usage: drover dev [--data-dir DIR] [--api ADDR] [--ports LO-HI] [--labels K=V,...]\n"
+            "                  [--locator ADDR] [--dns ADDR] [--drain-timeout D]\n"
             "                  [--log-level L] [--log-format F]\n"
             "\n"
             "Run all of drover in one process on this machine: the control plane (embedded\n"
@@ -71,6 +79,11 @@ static void main_process_usage(FILE *out, const char *verb)
             "  --ports LO-HI     host ports for instances (default 20000-32000)\n"
             "  --labels K=V,...  node labels\n"
             "  --harden          run instances in their own namespaces with no_new_privs\n"
+            "  --locator ADDR    the (meta)locator routers and `drover resolve` ask, msgpack RPC\n"
+            "                    (default 127.0.0.1:10053)\n"
+            "  --dns ADDR        DNS for services (default 127.0.0.1:8600; \"off\" disables)\n"
+            "  --drain-timeout D how long a stopping instance waits for routers to confirm its\n"
+            "                    removal before SIGTERM (default 5s)\n"
             "  --log-level L     debug, info, warn, error (default info)\n"
             "  --log-format F    text or json (default text)\n"
             "\n"
@@ -95,6 +108,12 @@ static void main_process_usage(FILE *out, const char *verb)
             "  --listen ADDR      the agent's HTTP endpoint for logs (default 0.0.0.0:7401)\n"
             "  --ports LO-HI      host ports for instances (default 20000-32000)\n"
             "  --harden           own namespaces and no_new_privs for instances\n"
+            "  --locator ADDR     the node locator, msgpack RPC (default 0.0.0.0:10053)\n"
+            "  --drain-timeout D  wait for routers to confirm a removal before SIGTERM (5s)\n"
+            "  --announce G:P     announce this node by UDP multicast (e.g. 239.192.77.1:10054;\n"
+            "                     default off) so servers with --discover find it\n"
+            "  --announce-interval D  how often (default 5s)\n"
+            "  --announce-if ADDR IPv4 address of the interface to announce on\n"
             "\n"
             "example: drover agent --server http://10.0.0.1:7400 --labels disk=ssd\n");
     } else {
@@ -112,6 +131,10 @@ static void main_process_usage(FILE *out, const char *verb)
                 "  store        store backend: sqlite (default)\n"
                 "  locator      metalocator listen address (default 0.0.0.0:10053)\n"
                 "  dns          DNS listen address for services (default: off)\n"
+                "  discover     find nodes by their multicast announces on GROUP:PORT\n"
+                "               (e.g. 239.192.77.1:10054; default off: the node registry only)\n"
+                "  announce-interval  the nodes' announce interval (default 5s; gone after 3)\n"
+                "  announce-if  IPv4 address of the interface to listen on\n"
                 "  log-level    debug, info, warn, error\n"
                 "  log-format   text or json\n"
                 "\n"
@@ -239,6 +262,19 @@ static int main_process(int argc, char **argv)
     so.agent.harden = harden;
     so.agent.locator = vals[K_LOCATOR];
     so.agent.drain_timeout_ms = (uint64_t)(drain_ms > 0 ? drain_ms : 1);
+    int64_t announce_ms = 5000;
+    if (vals[K_ANNOUNCE_INTERVAL] && str_to_duration_ms(vals[K_ANNOUNCE_INTERVAL], &announce_ms)) {
+        fprintf(stderr, "drover %s: announce-interval %s: expected a duration like 5s\n", verb,
+                vals[K_ANNOUNCE_INTERVAL]);
+        config_free(cfg);
+        return 2;
+    }
+    so.agent.announce = vals[K_ANNOUNCE];
+    so.agent.announce_interval_ms = (uint64_t)announce_ms;
+    so.agent.announce_if = vals[K_ANNOUNCE_IF];
+    so.discover = vals[K_DISCOVER];
+    so.announce_interval_ms = (uint64_t)announce_ms;
+    so.announce_if = vals[K_ANNOUNCE_IF];
     if (dev) {
         dev_agent_dir = xasprintf("%s/agent", so.data_dir);
         dev_server_url = xasprintf("http://%s", so.api_addr);

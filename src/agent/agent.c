@@ -541,6 +541,27 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
         goto fail;
     }
     a->locator_addr = xasprintf("%s:%d", a->advertise, loc_server_port(a->locator));
+    if (opts->announce) {
+        /* Metalocators that listen find this node without configuration:
+         * [node id, [[address, locator port]]] every interval. */
+        char *group = NULL;
+        int gport = 0;
+        if (str_split_hostport(opts->announce, &group, &gport)) {
+            rc = err_set(err, -EINVAL, "announce %s: expected GROUP:PORT", opts->announce);
+            goto fail;
+        }
+        announce_opts_t ao = {.group = group,
+                              .port = gport,
+                              .interval_ms = (uint32_t)opts->announce_interval_ms,
+                              .interface = opts->announce_if};
+        announce_endpoint_t ep = {.addr = a->advertise, .port = loc_server_port(a->locator)};
+        rc = announce_sender_start(loop, &ao, a->node_id, &ep, 1, &a->announcer, err);
+        free(group);
+        if (rc) {
+            err_wrap(err, rc, "announcing on %s", opts->announce);
+            goto fail;
+        }
+    }
 
     uv_timer_init(loop, &a->heartbeat);
     uv_timer_init(loop, &a->retry);
@@ -565,6 +586,13 @@ fail:
 static void agent_handle_closed(uv_handle_t *h)
 {
     agent_t *a = h->data;
+    a->closing_handles--;
+    agent_maybe_done(a);
+}
+
+static void agent_announcer_stopped(void *data)
+{
+    agent_t *a = data;
     a->closing_handles--;
     agent_maybe_done(a);
 }
@@ -617,6 +645,11 @@ static void agent_stop_now(agent_t *a)
         inst_detach(in);
     }
     a->closing_handles += 4;
+    if (a->announcer) {
+        a->closing_handles++;
+        announce_sender_stop(a->announcer, agent_announcer_stopped, a);
+        a->announcer = NULL;
+    }
     loc_server_stop(a->locator, agent_locator_stopped, a);
     a->heartbeat.data = a->retry.data = a;
     uv_close((uv_handle_t *)&a->heartbeat, agent_handle_closed);

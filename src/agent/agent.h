@@ -26,7 +26,10 @@ typedef struct agent_options {
     const char *ports;         /* host port range "20000-32000" */
     const char *locator;       /* node locator (msgpack RPC): "0.0.0.0:10053"; port 0 picks one */
     uint64_t drain_timeout_ms; /* wait for routers to confirm a removal (default 5 s) */
-    bool harden;               /* namespaces / no_new_privs for instances */
+    const char *announce;      /* multicast "GROUP:PORT" to announce this node on, or NULL (off) */
+    uint64_t announce_interval_ms; /* default 5 s */
+    const char *announce_if;       /* IPv4 address of the interface to announce on (default any) */
+    bool harden;                   /* namespaces / no_new_privs for instances */
 } agent_options_t;
 
 int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err_t *err);

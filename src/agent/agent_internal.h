@@ -8,6 +8,7 @@
 #include "agent/ports.h"
 #include "http/server.h"
 #include "isolate/isolate.h"
+#include "locator/announce.h"
 #include "locator/locator.h"
 #include "locator/table.h"
 
@@ -98,10 +99,11 @@ typedef struct agent {
     void (*stop_done)(void *);
     void *stop_data;
     int closing_handles;
-    struct fetch *fetches; /* downloads in progress */
-    loc_table_t *table;    /* what runs healthy here, for the locator and DNS */
-    loc_server_t *locator; /* serves `table` to routers and metalocators */
-    char *locator_addr;    /* "host:port" as registered */
+    struct fetch *fetches;        /* downloads in progress */
+    loc_table_t *table;           /* what runs healthy here, for the locator and DNS */
+    loc_server_t *locator;        /* serves `table` to routers and metalocators */
+    char *locator_addr;           /* "host:port" as registered */
+    announce_sender_t *announcer; /* multicast announces (opt-in) */
 } agent_t;
 
 /* Recompute the table entries of `app` ("/a/b" and "/a/b@<version>") from

@@ -4,7 +4,9 @@
 #include "core/alloc.h"
 #include "core/err.h"
 #include "core/log.h"
+#include "core/str.h"
 #include "http/server.h"
+#include "locator/announce.h"
 #include "locator/dns.h"
 #include "locator/locator.h"
 #include "locator/meta.h"
@@ -32,6 +34,7 @@ typedef struct server {
     meta_t *meta;
     loc_server_t *meta_loc; /* serves `merged` to routers and `drover resolve` */
     registry_t *registry;
+    announce_listener_t *listener; /* multicast discovery (opt-in) */
     const server_options_t *opts;
     bool stopping;
 } server_t;
@@ -120,16 +123,46 @@ static void server_meta_stopped(void *data)
 
 /* The agent goes first (its draining instances wait for the metalocator's
  * confirmations), then the metalocator, then placement. */
+static void server_listener_stopped(void *data)
+{
+    server_t *s = data;
+    if (s->meta)
+        meta_stop(s->meta, server_meta_stopped, s);
+    else
+        server_meta_stopped(s);
+}
+
 static void server_agent_stopped(void *data)
 {
     server_t *s = data;
     s->agent = NULL;
     registry_stop(s->registry);
     s->registry = NULL;
-    if (s->meta)
-        meta_stop(s->meta, server_meta_stopped, s);
-    else
-        server_meta_stopped(s);
+    if (s->listener) {
+        announce_listener_stop(s->listener, server_listener_stopped, s);
+        s->listener = NULL;
+    } else {
+        server_listener_stopped(s);
+    }
+}
+
+/* A node announced itself (or changed address), or missed 3 announces. */
+static void server_on_announce(const char *uuid, const announce_endpoint_t *eps, size_t n, bool up,
+                               void *data)
+{
+    server_t *s = data;
+    if (!s->meta || s->stopping)
+        return;
+    if (!up || n == 0) {
+        log_info("server", "node %s stopped announcing", uuid);
+        meta_node_remove(s->meta, uuid);
+        return;
+    }
+    char *hp = strchr(eps[0].addr, ':') ? xasprintf("[%s]:%d", eps[0].addr, eps[0].port)
+                                        : xasprintf("%s:%d", eps[0].addr, eps[0].port);
+    if (meta_node_add(s->meta, uuid, hp) != 0)
+        log_warn("server", "announced node %s at %s: not linked", uuid, hp);
+    free(hp);
 }
 
 static void server_dns_stopped(void *data)
@@ -201,6 +234,21 @@ static int server_start_control_plane(server_t *s, err_t *err)
     rc = registry_start(s->store, s->meta, &s->registry, err);
     if (rc)
         return rc;
+    if (opts->discover) {
+        char *group = NULL;
+        int gport = 0;
+        if (str_split_hostport(opts->discover, &group, &gport))
+            return err_set(err, -EINVAL, "discover %s: expected GROUP:PORT", opts->discover);
+        announce_opts_t lo_an = {.group = group,
+                                 .port = gport,
+                                 .interval_ms = (uint32_t)opts->announce_interval_ms,
+                                 .interface = opts->announce_if};
+        rc = announce_listener_start(&s->loop, &lo_an, server_on_announce, s, &s->listener, err);
+        free(group);
+        if (rc)
+            return err_wrap(err, rc, "listening for announces on %s", opts->discover);
+        log_info("server", "finding nodes by multicast on %s", opts->discover);
+    }
     log_info("server", "metalocator on %s:%d", maddr, loc_server_port(s->meta_loc));
     return 0;
 }
