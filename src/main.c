@@ -34,6 +34,7 @@ enum {
     K_ANNOUNCE_INTERVAL,
     K_ANNOUNCE_IF,
     K_DISCOVER,
+    K_PEERS,
     K_DNS,
     K_CONFIG,
     K_COUNT
@@ -43,7 +44,8 @@ static const char *const main_keys[] = {
     "data-dir",    "api",      "store",         "log-level", "log-format",
     "server",      "labels",   "advertise",     "listen",    "ports",
     "harden",      "locator",  "drain-timeout", "announce",  "announce-interval",
-    "announce-if", "discover", "dns",           "config",    NULL};
+    "announce-if", "discover", "peers",         "dns",       "config",
+    NULL};
 _Static_assert(sizeof(main_keys) / sizeof(*main_keys) == K_COUNT + 1,
                "main_keys must list every K_ flag");
 
@@ -54,7 +56,7 @@ static bool main_key_allowed(const char *verb, int k)
         return true;
     if (!strcmp(verb, "server"))
         return k == K_API || k == K_STORE || k == K_LOCATOR || k == K_DNS || k == K_DISCOVER ||
-               k == K_ANNOUNCE_INTERVAL || k == K_ANNOUNCE_IF;
+               k == K_PEERS || k == K_ANNOUNCE_INTERVAL || k == K_ANNOUNCE_IF;
     if (!strcmp(verb, "agent"))
         return k >= K_SERVER && k <= K_ANNOUNCE_IF;
     return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN || k == K_LOCATOR ||
@@ -135,6 +137,7 @@ static void main_process_usage(FILE *out, const char *verb)
                 "               (e.g. 239.192.77.1:10054; default off: the node registry only)\n"
                 "  announce-interval  the nodes' announce interval (default 5s; gone after 3)\n"
                 "  announce-if  IPv4 address of the interface to listen on\n"
+                "  peers        static node locators: id=host:port,id=host:port\n"
                 "  log-level    debug, info, warn, error\n"
                 "  log-format   text or json\n"
                 "\n"
@@ -273,6 +276,7 @@ static int main_process(int argc, char **argv)
     so.agent.announce_interval_ms = (uint64_t)announce_ms;
     so.agent.announce_if = vals[K_ANNOUNCE_IF];
     so.discover = vals[K_DISCOVER];
+    so.peers = vals[K_PEERS];
     so.announce_interval_ms = (uint64_t)announce_ms;
     so.announce_if = vals[K_ANNOUNCE_IF];
     if (dev) {

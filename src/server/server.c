@@ -234,6 +234,28 @@ static int server_start_control_plane(server_t *s, err_t *err)
     rc = registry_start(s->store, s->meta, &s->registry, err);
     if (rc)
         return rc;
+    /* Static peers: nodes found by configuration, where neither the
+     * registry nor multicast reaches (another site, another network). */
+    if (opts->peers && *opts->peers) {
+        char *list = xstrdup(opts->peers);
+        for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && !rc;
+             tok = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(tok, '=');
+            char *host = NULL;
+            int port = 0;
+            if (!eq || eq == tok || str_split_hostport(eq + 1, &host, &port) || port == 0) {
+                rc = err_set(err, -EINVAL, "peers: %s: expected id=host:port", tok);
+            } else {
+                *eq = '\0';
+                if (meta_node_add(s->meta, tok, eq + 1) != 0)
+                    rc = err_set(err, -EINVAL, "peers: cannot link %s at %s", tok, eq + 1);
+            }
+            free(host);
+        }
+        free(list);
+        if (rc)
+            return rc;
+    }
     if (opts->discover) {
         char *group = NULL;
         int gport = 0;

@@ -22,6 +22,7 @@ typedef struct server_options {
     const char *dns_addr;        /* DNS over the merged table ("127.0.0.1:8600"), or NULL */
     const char *meta_addr;       /* metalocator: the merged table of every node ("0.0.0.0:10053") */
     const char *discover;        /* multicast "GROUP:PORT" to find nodes on, or NULL (off) */
+    const char *peers;           /* static node locators "id=host:port,..." (or NULL) */
     uint64_t announce_interval_ms; /* the nodes' announce interval (a node is gone after 3) */
     const char *announce_if;       /* interface address for multicast (default any) */
     uint64_t shutdown_grace_ms;

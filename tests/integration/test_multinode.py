@@ -139,3 +139,70 @@ def test_three_hosts_discovery_and_node_loss(net, tmp_path):
                     p.kill()
         logs.close()
         kill_leftover_instances(str(tmp_path))
+
+
+def test_partition_restart_and_static_peers(net, tmp_path):
+    api = f"http://{net.addr(1)}:7400"
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"data-dir = {tmp_path}/server\napi = {net.addr(1)}:7400\n"
+                    f"locator = {net.addr(1)}:10053\ndiscover = {GROUP}\n"
+                    f"announce-interval = {INTERVAL}\nannounce-if = {net.addr(1)}\n")
+    logs = open(tmp_path / "procs.log", "wb")
+    server = net.spawn(1, [BIN, "server", "--config", str(conf)], logs)
+    agent = net.spawn(2, [
+        BIN, "agent", "--server", api, "--data-dir", f"{tmp_path}/agent2",
+        "--advertise", net.addr(2), "--listen", f"{net.addr(2)}:7401",
+        "--locator", f"{net.addr(2)}:10053", "--announce", GROUP,
+        "--announce-interval", INTERVAL, "--announce-if", net.addr(2)], logs)
+    # A second server on host 3 that knows node 2 only as a static peer.
+    conf3 = tmp_path / "peer.conf"
+    conf3.write_text(f"data-dir = {tmp_path}/server3\napi = {net.addr(3)}:7400\n"
+                     f"locator = {net.addr(3)}:10053\npeers = node2={net.addr(2)}:10053\n")
+    peer_server = net.spawn(3, [BIN, "server", "--config", str(conf3)], logs)
+    procs = [agent, server, peer_server]
+    try:
+        cli = lambda *a, **kw: net.run(1, BIN, "--addr", api, *a, **kw)
+        wait_for(lambda: net.run(1, "curl", "-sf", f"{api}/v1/status").returncode == 0,
+                 what="server up")
+        spec = json.dumps({"id": "/t/part", "cmd": "exec sleep 1000", "instances": 2})
+        wait_for(lambda: cli("deploy", "-", input=spec).returncode == 0, what="deploy")
+
+        def endpoints(locator_host, want):
+            def check():
+                r = net.run(3, BIN, "resolve", "/t/part", "--locator",
+                            f"{net.addr(locator_host)}:10053", "--json")
+                eps = json.loads(r.stdout)["endpoints"] if r.returncode == 0 else []
+                return eps if len(eps) == want else None
+            return check
+        wait_for(endpoints(1, 2), what="2 endpoints via the metalocator")
+        wait_for(endpoints(3, 2), what="2 endpoints via the static-peer metalocator")
+
+        # Partition node 2 (its link down): it stops being heard and leaves
+        # the metalocator's table; link up: it is found again and resyncs.
+        link = net.run(2, "ip", "-o", "link", "show").stdout
+        veth = [l.split(":")[1].strip().split("@")[0] for l in link.splitlines()
+                if "veth" in l or "@" in l][0]
+        assert net.run(2, "ip", "link", "set", veth, "down").returncode == 0
+        wait_for(lambda: endpoints(1, 0)() is not None or net.run(
+            1, BIN, "resolve", "/t/part", "--locator", f"{net.addr(1)}:10053").returncode == 1,
+            timeout=10, what="partitioned node dropped")
+        assert net.run(2, "ip", "link", "set", veth, "up").returncode == 0
+        net.run(2, "ip", "route", "replace", "224.0.0.0/4", "dev", veth)
+        wait_for(endpoints(1, 2), timeout=15, what="node back after the partition")
+
+        # Restart the metalocator (the server): it rebuilds its table.
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+        server = net.spawn(1, [BIN, "server", "--config", str(conf)], logs)
+        procs[1] = server
+        wait_for(endpoints(1, 2), timeout=15, what="table rebuilt after a metalocator restart")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        logs.close()
+        kill_leftover_instances(str(tmp_path))
