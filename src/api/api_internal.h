@@ -64,6 +64,16 @@ uint64_t api_now_ms(void);
  * message in err. */
 int api_parse_blocking(const http_req_t *req, int64_t *index, int64_t *wait_ms, err_t *err);
 
+/* Answer a read that may block (?index=N&wait=D): calls read(data) once,
+ * at once without an index or once something under `key` (a prefix when
+ * `prefix`) changed after N or D passed; read then answers with the
+ * current state. When the answer is an error instead (a bad parameter, the
+ * store failing, the client gone), the request is already ended and
+ * gone(data) is called for the caller to free its state. */
+typedef void (*api_wait_fn)(void *data);
+void api_blocking_read(api_t *api, http_req_t *req, const char *key, bool prefix, api_wait_fn read,
+                       api_wait_fn gone, void *data);
+
 /* Node ids: [a-z0-9][a-z0-9.-]{0,62}. */
 bool api_node_id_valid(const char *id);
 /* Check an instance id; on success *app_out (optional) is the app id it

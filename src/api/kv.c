@@ -1,7 +1,5 @@
 /* /v1/kv: Consul-style hierarchical config store with compare-and-swap and
- * blocking reads. A blocking read is a store watch from the client's index
- * plus a timer; whichever fires first ends the wait, then the key is read
- * fresh, so the answer is always current state, never a replayed event. */
+ * blocking reads (api_blocking_read). */
 #include "api/api_internal.h"
 
 #include "core/alloc.h"
@@ -24,28 +22,13 @@ typedef struct kv_call {
     kv_mode_t mode;
     int64_t cas;
     bool has_cas;
-    store_watch_t *watch;
-    uv_timer_t timer;
-    bool timer_inited;
-    bool waiting;
 } kv_call_t;
-
-static void kv_call_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
 
 static void kv_call_free(kv_call_t *c)
 {
     free(c->key);
     free(c->skey);
-    c->key = c->skey = NULL;
-    if (c->timer_inited) {
-        c->timer.data = c;
-        uv_close((uv_handle_t *)&c->timer, kv_call_closed);
-    } else {
-        free(c);
-    }
+    free(c);
 }
 
 /* Validate a KV key: non-empty segments, no "." or "..", no control
@@ -167,74 +150,19 @@ static void kv_read(kv_call_t *c)
     }
 }
 
-/* End a blocking wait (change seen, timeout, or client gone) exactly once. */
-static void kv_wait_end(kv_call_t *c, bool respond)
+static void kv_read_cb(void *data)
 {
-    if (!c->waiting)
-        return;
-    c->waiting = false;
-    if (c->watch) {
-        store_watch_cancel(c->watch);
-        c->watch = NULL;
-    }
-    uv_timer_stop(&c->timer);
-    if (respond) {
-        kv_read(c);
-    } else {
-        http_respond(c->req, 503, NULL, 0, "", 0);
-        kv_call_free(c);
-    }
+    kv_read(data);
 }
 
-static void kv_wait_event(store_watch_t *w, int status, const store_event_t *events, size_t n,
-                          int64_t compact_rev, void *data)
+static void kv_gone_cb(void *data)
 {
-    kv_call_t *c = data;
-    if (status)
-        c->watch = NULL; /* ended by the store; nothing to cancel */
-    if (status || n > 0)
-        kv_wait_end(c, true);
-}
-
-static void kv_wait_timeout(uv_timer_t *t)
-{
-    kv_wait_end(t->data, true);
-}
-
-static void kv_wait_abort(http_req_t *req, void *data)
-{
-    kv_wait_end(data, false);
+    kv_call_free(data);
 }
 
 static void kv_get(kv_call_t *c)
 {
-    int64_t index, wait_ms;
-    err_t err = {0};
-    if (api_parse_blocking(c->req, &index, &wait_ms, &err)) {
-        api_reply_error(c->api, c->req, 400, NULL, "%s", err.msg);
-        kv_call_free(c);
-        return;
-    }
-    /* An index from the future (a store that was reset) answers at once,
-     * as Consul does, so a client never waits on a revision that will not
-     * come. */
-    if (index <= 0 || index > store_revision(c->api->store)) {
-        kv_read(c);
-        return;
-    }
-    uv_timer_init(c->api->loop, &c->timer);
-    c->timer.data = c;
-    c->timer_inited = true;
-    int rc = store_watch(c->api->store, c->skey, c->mode != KV_ONE, index + 1, kv_wait_event, c,
-                         &c->watch);
-    if (rc) {
-        api_reply_store_error(c->api, c->req, rc, NULL);
-        kv_call_free(c);
-        return;
-    }
-    c->waiting = true;
-    uv_timer_start(&c->timer, kv_wait_timeout, (uint64_t)wait_ms, 0);
-    http_req_on_abort(c->req, kv_wait_abort, c);
+    api_blocking_read(c->api, c->req, c->skey, c->mode != KV_ONE, kv_read_cb, kv_gone_cb, c);
 }
 
 static void kv_write_done(int status, const err_t *err, const store_result_t *res, void *data)

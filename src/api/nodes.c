@@ -38,10 +38,6 @@ typedef struct node_call {
     bool fresh;        /* PUT: the node had no record */
     bool delete_after; /* DELETE: the key had no lease; delete it directly */
     /* blocking assignments read */
-    store_watch_t *watch;
-    uv_timer_t timer;
-    bool timer_inited;
-    bool waiting;
 } node_call_t;
 
 static const char *const node_isolates[] = {"process", "oci", "docker"};
@@ -71,24 +67,13 @@ static node_call_t *node_call_new(api_t *api, http_req_t *req, const char *id)
     return c;
 }
 
-static void node_call_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
 static void node_call_free(node_call_t *c)
 {
     free(c->id);
     free(c->key);
     free(c->assign_prefix);
     free(c->record);
-    c->id = c->key = c->assign_prefix = c->record = NULL;
-    if (c->timer_inited) {
-        c->timer.data = c;
-        uv_close((uv_handle_t *)&c->timer, node_call_closed);
-    } else {
-        free(c);
-    }
+    free(c);
 }
 
 /* A record as GET shows it: the stored fields plus the lease it lives on. */
@@ -567,71 +552,19 @@ static void node_assign_read(node_call_t *c)
     }
 }
 
-/* End a blocking wait (change seen, timeout, or client gone) exactly once. */
-static void node_wait_end(node_call_t *c, bool respond)
+static void node_assign_read_cb(void *data)
 {
-    if (!c->waiting)
-        return;
-    c->waiting = false;
-    if (c->watch) {
-        store_watch_cancel(c->watch);
-        c->watch = NULL;
-    }
-    uv_timer_stop(&c->timer);
-    if (respond) {
-        node_assign_read(c);
-    } else {
-        http_respond(c->req, 503, NULL, 0, "", 0);
-        node_call_free(c);
-    }
+    node_assign_read(data);
 }
 
-static void node_wait_event(store_watch_t *w, int status, const store_event_t *events, size_t n,
-                            int64_t compact_rev, void *data)
+static void node_gone_cb(void *data)
 {
-    node_call_t *c = data;
-    if (status)
-        c->watch = NULL; /* ended by the store; nothing to cancel */
-    if (status || n > 0)
-        node_wait_end(c, true);
-}
-
-static void node_wait_timeout(uv_timer_t *t)
-{
-    node_wait_end(t->data, true);
-}
-
-static void node_wait_abort(http_req_t *req, void *data)
-{
-    node_wait_end(data, false);
+    node_call_free(data);
 }
 
 static void node_assignments(node_call_t *c)
 {
-    int64_t index, wait_ms;
-    err_t err = {0};
-    if (api_parse_blocking(c->req, &index, &wait_ms, &err)) {
-        api_reply_error(c->api, c->req, 400, NULL, "%s", err.msg);
-        node_call_free(c);
-        return;
-    }
-    if (index <= 0 || index > store_revision(c->api->store)) {
-        node_assign_read(c);
-        return;
-    }
-    uv_timer_init(c->api->loop, &c->timer);
-    c->timer.data = c;
-    c->timer_inited = true;
-    int rc = store_watch(c->api->store, c->assign_prefix, true, index + 1, node_wait_event, c,
-                         &c->watch);
-    if (rc) {
-        api_reply_store_error(c->api, c->req, rc, NULL);
-        node_call_free(c);
-        return;
-    }
-    c->waiting = true;
-    uv_timer_start(&c->timer, node_wait_timeout, (uint64_t)wait_ms, 0);
-    http_req_on_abort(c->req, node_wait_abort, c);
+    api_blocking_read(c->api, c->req, c->assign_prefix, true, node_assign_read_cb, node_gone_cb, c);
 }
 
 /* ---- routing --------------------------------------------------------- */
