@@ -11,6 +11,8 @@
  * 2-to-10-byte message prefix (the only part that names its channel). */
 #include "locator/locator.h"
 
+#include "locator/ketama.h"
+
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/rpc.h"
@@ -59,6 +61,19 @@ struct loc_sub {
     char uuid[LOC_UUID_MAX + 1];
 };
 
+#define LOC_ROUTING_PER_CONN 16
+#define LOC_GROUPS_MAX       4096
+
+/* A routing group: members and weights, and the ketama ring built from
+ * them (the same ring every router builds from the streamed weights). */
+typedef struct loc_group {
+    char *name;
+    char **targets;
+    uint32_t *weights;
+    size_t n;
+    ketama_t *ring;
+} loc_group_t;
+
 struct loc_conn {
     loc_server_t *srv;
     loc_conn_t *prev, *next;             /* server's connections */
@@ -72,6 +87,8 @@ struct loc_conn {
     buf_t sink; /* detached: everything written */
     loc_sub_t *subs;
     size_t n_subs;
+    uint64_t routing[LOC_ROUTING_PER_CONN]; /* channels subscribed to `routing` */
+    size_t n_routing;
     bool dirty;
     bool writing;
     bool reading;
@@ -127,6 +144,9 @@ struct loc_server {
     uint64_t full_rev;
     bool full_valid;
     bool any_doomed;
+
+    loc_group_t *groups; /* sorted by name */
+    size_t n_groups;
 
     char *rbuf;
     bool stopping;
@@ -220,6 +240,8 @@ static void loc_revision_text(uint64_t rev, char *buf, size_t n)
 
 static void conn_close(loc_conn_t *c);
 static void conn_on_close(uv_handle_t *h);
+static loc_group_t *group_find(const loc_server_t *s, const char *name, size_t len);
+static void group_clear(loc_group_t *g);
 static void conn_flush(loc_conn_t *c);
 static void conn_read_start(loc_conn_t *c);
 
@@ -763,7 +785,10 @@ static void handle_resolve(loc_conn_t *c, const rpc_msg_t *m)
     err_t err = {0};
     const char *name;
     size_t len;
-    if (rpc_args_count(m, 1, 1, &err) < 0 || rpc_arg_bytes(m, 0, &name, &len, &err) < 0) {
+    const char *seed = NULL;
+    size_t seed_len = 0;
+    if (rpc_args_count(m, 1, 2, &err) < 0 || rpc_arg_bytes(m, 0, &name, &len, &err) < 0 ||
+        (m->nargs == 2 && rpc_arg_bytes(m, 1, &seed, &seed_len, &err) < 0)) {
         char msg[ERR_MSG_MAX + 16];
         snprintf(msg, sizeof(msg), "resolve: %s", err.msg);
         conn_send_error(c, m->channel, RPC_ECAT_PROTOCOL, EINVAL, msg);
@@ -771,7 +796,7 @@ static void handle_resolve(loc_conn_t *c, const rpc_msg_t *m)
     }
     /* The table wants a C string; names are short, so no allocation. */
     const loc_entry_t *e = NULL;
-    if (!memchr(name, '\0', len)) {
+    if (len && !memchr(name, '\0', len)) {
         char stack[256];
         char *heap = NULL;
         const char *cname = stack;
@@ -783,6 +808,14 @@ static void handle_resolve(loc_conn_t *c, const rpc_msg_t *m)
         }
         e = loc_table_get(c->srv->table, cname);
         free(heap);
+    }
+    /* A routing group resolves to one member, picked on the ketama ring by
+     * weight: by the caller's seed (sticky) or at random. */
+    const loc_group_t *g = e || !len ? NULL : group_find(c->srv, name, len);
+    if (g) {
+        const char *member =
+            seed ? ketama_pick(g->ring, seed, seed_len) : ketama_pick_random(g->ring);
+        e = member ? loc_table_get(c->srv->table, member) : NULL;
     }
     if (!e) {
         conn_send_error(c, m->channel, RPC_ECAT_LOCATOR, ENOENT, "service not found");
@@ -840,8 +873,153 @@ static const char *const loc_method_names[] = {
     [RPC_LOCATOR_PUBLISH] = "publish", [RPC_LOCATOR_ROUTING] = "routing",
 };
 
+/* ---- routing groups --------------------------------------------------- */
+
+static void group_clear(loc_group_t *g)
+{
+    for (size_t i = 0; i < g->n; i++)
+        free(g->targets[i]);
+    free(g->targets);
+    free(g->weights);
+    ketama_free(g->ring);
+    free(g->name);
+    memset(g, 0, sizeof(*g));
+}
+
+static loc_group_t *group_find(const loc_server_t *s, const char *name, size_t len)
+{
+    for (size_t i = 0; i < s->n_groups; i++)
+        if (strlen(s->groups[i].name) == len && !memcmp(s->groups[i].name, name, len))
+            return &s->groups[i];
+    return NULL;
+}
+
+/* name -> [[target, weight]...] (an empty list: the group is gone). */
+static void group_pack(msgpack_packer *pk, const char *name, const loc_group_t *g)
+{
+    loc_pack_str(pk, name);
+    msgpack_pack_array(pk, g ? g->n : 0);
+    for (size_t i = 0; g && i < g->n; i++) {
+        msgpack_pack_array(pk, 2);
+        loc_pack_str(pk, g->targets[i]);
+        msgpack_pack_uint32(pk, g->weights[i]);
+    }
+}
+
+/* One routing message to every routing subscriber: the whole map when
+ * `only` is NULL and `all` is set, else just the group that changed. */
+static void routing_send(loc_conn_t *c, uint64_t channel, const char *only, const loc_group_t *g,
+                         bool all)
+{
+    loc_server_t *s = c->srv;
+    rpc_enc_t enc;
+    rpc_enc_begin(&enc, &c->out, channel, RPC_WRITE, 1, 0);
+    if (all) {
+        msgpack_pack_map(&enc.pk, s->n_groups);
+        for (size_t i = 0; i < s->n_groups; i++)
+            group_pack(&enc.pk, s->groups[i].name, &s->groups[i]);
+    } else {
+        msgpack_pack_map(&enc.pk, 1);
+        group_pack(&enc.pk, only, g);
+    }
+    if (rpc_enc_end(&enc) < 0) {
+        conn_too_slow(c);
+        return;
+    }
+    conn_mark_dirty(c);
+}
+
+int loc_server_group_set(loc_server_t *s, const char *name, const ketama_member_t *members,
+                         size_t n, err_t *err)
+{
+    loc_group_t *g = group_find(s, name, strlen(name));
+    ketama_t *ring = NULL;
+    if (n) {
+        ring = ketama_build(members, n, err);
+        if (!ring)
+            return err_wrap(err, -EINVAL, "group %s", name);
+        if (!g) {
+            if (s->n_groups == LOC_GROUPS_MAX) {
+                ketama_free(ring);
+                return err_set(err, -E2BIG, "group %s: at most %d groups", name, LOC_GROUPS_MAX);
+            }
+            s->groups = xrealloc(s->groups, (s->n_groups + 1) * sizeof(loc_group_t));
+            g = &s->groups[s->n_groups++];
+            memset(g, 0, sizeof(*g));
+        } else {
+            char *keep = g->name;
+            g->name = NULL;
+            group_clear(g);
+            free(keep);
+        }
+        g->name = xstrdup(name);
+        g->n = n;
+        g->targets = xcalloc(n, sizeof(char *));
+        g->weights = xcalloc(n, sizeof(uint32_t));
+        for (size_t i = 0; i < n; i++) {
+            g->targets[i] = xstrdup(members[i].name);
+            g->weights[i] = members[i].weight;
+        }
+        g->ring = ring;
+    } else if (g) {
+        group_clear(g);
+        *g = s->groups[--s->n_groups];
+        g = NULL;
+    } else {
+        return 0;
+    }
+    for (loc_conn_t *c = s->conns; c; c = c->next)
+        for (size_t i = 0; !c->closed && i < c->n_routing; i++)
+            routing_send(c, c->routing[i], name, g, false);
+    return 0;
+}
+
+/* routing [id]: the groups now, then every change, on this channel. */
+static void handle_routing(loc_conn_t *c, const rpc_msg_t *m)
+{
+    err_t err = {0};
+    const char *id;
+    size_t len;
+    if (rpc_args_count(m, 1, 1, &err) < 0 || rpc_arg_bytes(m, 0, &id, &len, &err) < 0) {
+        char msg[ERR_MSG_MAX + 16];
+        snprintf(msg, sizeof(msg), "routing: %s", err.msg);
+        conn_send_error(c, m->channel, RPC_ECAT_PROTOCOL, EINVAL, msg);
+        return;
+    }
+    if (c->n_routing == LOC_ROUTING_PER_CONN) {
+        conn_send_error(c, m->channel, RPC_ECAT_PROTOCOL, EMFILE,
+                        "routing: too many subscriptions on this connection");
+        return;
+    }
+    c->routing[c->n_routing++] = m->channel;
+    routing_send(c, m->channel, NULL, NULL, true);
+}
+
+/* A message on a routing channel: close (or error) unsubscribes. */
+static bool routing_handle(loc_conn_t *c, const rpc_msg_t *m)
+{
+    for (size_t i = 0; i < c->n_routing; i++) {
+        if (c->routing[i] != m->channel)
+            continue;
+        c->routing[i] = c->routing[--c->n_routing];
+        if (m->type == RPC_CLOSE || m->type == RPC_ERROR) {
+            if (rpc_encode(&c->out, m->channel, RPC_CLOSE, "") < 0)
+                conn_too_slow(c);
+            else
+                conn_mark_dirty(c);
+        } else {
+            conn_send_error(c, m->channel, RPC_ECAT_PROTOCOL, EPROTO,
+                            "routing: only close is expected from a subscriber");
+        }
+        return true;
+    }
+    return false;
+}
+
 static void conn_handle(loc_conn_t *c, const rpc_msg_t *m)
 {
+    if (routing_handle(c, m))
+        return;
     for (loc_sub_t *sub = c->subs; sub; sub = sub->conn_next) {
         if (sub->channel == m->channel) {
             sub_handle(c, sub, m);
@@ -858,9 +1036,9 @@ static void conn_handle(loc_conn_t *c, const rpc_msg_t *m)
     case RPC_LOCATOR_RESOLVE: handle_resolve(c, m); break;
     case RPC_LOCATOR_CONNECT: handle_connect(c, m); break;
     case RPC_LOCATOR_CLUSTER: handle_cluster(c, m); break;
+    case RPC_LOCATOR_ROUTING: handle_routing(c, m); break;
     case RPC_LOCATOR_REFRESH:
     case RPC_LOCATOR_PUBLISH:
-    case RPC_LOCATOR_ROUTING:
         snprintf(msg, sizeof(msg), "method %s is not served by this locator",
                  loc_method_names[m->type]);
         conn_send_error(c, m->channel, RPC_ECAT_PROTOCOL, ENOTSUP, msg);
@@ -1097,6 +1275,9 @@ static void srv_free(loc_server_t *s)
     void (*done)(void *) = s->done;
     void *done_data = s->done_data;
     srv_unlisten(s);
+    for (size_t i = 0; i < s->n_groups; i++)
+        group_clear(&s->groups[i]);
+    free(s->groups);
     free(s->node_id);
     free(s->node_host);
     buf_free(&s->change);

@@ -156,4 +156,10 @@ const buf_t *loc_conn_output(const loc_conn_t *c);
 /* The peer goes away. */
 void loc_conn_free_detached(loc_conn_t *c);
 
+/* Routing groups served by `routing` and resolvable by name: set (or, with
+ * n == 0, remove) a group; routing subscribers get the change at once. */
+struct ketama_member;
+int loc_server_group_set(loc_server_t *s, const char *name, const struct ketama_member *members,
+                         size_t n, err_t *err);
+
 #endif

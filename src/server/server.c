@@ -231,7 +231,7 @@ static int server_start_control_plane(server_t *s, err_t *err)
     rc = meta_start(&s->loop, s->merged, &mo, &s->meta, err);
     if (rc)
         return err_wrap(err, rc, "starting the metalocator");
-    rc = registry_start(s->store, s->meta, &s->registry, err);
+    rc = registry_start(s->store, s->meta, s->meta_loc, &s->registry, err);
     if (rc)
         return rc;
     /* Static peers: nodes found by configuration, where neither the

@@ -183,3 +183,66 @@ def test_drain_waits_for_router_two_hops_away(make_drover):
     wait_for(lambda: not alive(gone[0]["pid"]), timeout=10, what="stop after the edge ack")
     hist = [h["reason"] for i in instances(d, "/t/far") for h in i["history"]]
     sub.close()
+
+
+def rpc_resolve(hostport, name, seed=None, channel=1):
+    host, port = hostport.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(msgpack.packb([channel, 0, [name] + ([seed] if seed else [])]))
+    u = msgpack.Unpacker(raw=False)
+    while True:
+        for msg in u:
+            s.close()
+            return msg
+        u.feed(s.recv(65536))
+
+
+def test_routing_groups_through_the_metalocator(drover):
+    for app in ("blue", "green"):
+        drover.post("/v1/apps", {"id": f"/t/{app}", "cmd": "exec sleep 1000"})
+    blue = wait_for(lambda: healthy(drover, "/t/blue", 1), what="blue")[0]
+    green = wait_for(lambda: healthy(drover, "/t/green", 1), what="green")[0]
+    meta = f"127.0.0.1:{drover.meta_port}"
+    # Subscribe to the groups first: the change must arrive on this channel.
+    host, port = meta.rsplit(":", 1)
+    rs = socket.create_connection((host, int(port)), timeout=10)
+    rs.sendall(msgpack.packb([1, 5, ["test-router"]]))
+    ru = msgpack.Unpacker(raw=False)
+
+    def routing_update():
+        while True:
+            for msg in ru:
+                assert msg[0] == 1 and msg[1] == 0, msg
+                return msg[2][0]
+            ru.feed(rs.recv(65536))
+    assert routing_update() == {}  # no groups yet
+
+    r = drover.put("/v1/groups/web", {"members": [{"target": "/t/blue", "weight": 100},
+                                                  {"target": "/t/green", "weight": 0}]})
+    assert r.status in (200, 201), r
+    assert routing_update() == {"web": [["/t/blue", 100], ["/t/green", 0]]}
+
+    def picks(port_of):
+        out = []
+        for i in range(20):
+            msg = rpc_resolve(meta, "web", channel=1)
+            assert msg[1] == 0, msg  # value
+            out.append(msg[2][0][0][1])
+        return out
+    wait_for(lambda: set(picks(None)) == {blue["ports"][0]}, what="all traffic to blue")
+
+    drover.put("/v1/groups/web", {"members": [{"target": "/t/blue", "weight": 0},
+                                              {"target": "/t/green", "weight": 100}]})
+    assert routing_update() == {"web": [["/t/blue", 0], ["/t/green", 100]]}  # same connection
+    wait_for(lambda: set(picks(None)) == {green["ports"][0]}, what="all traffic to green")
+
+    # 50/50: a seed pins a client to one member.
+    drover.put("/v1/groups/web", {"members": [{"target": "/t/blue", "weight": 50},
+                                              {"target": "/t/green", "weight": 50}]})
+    routing_update()
+    pinned = {rpc_resolve(meta, "web", seed="user-42")[2][0][0][1] for _ in range(10)}
+    assert len(pinned) == 1
+    drover.delete("/v1/groups/web")
+    assert routing_update() == {"web": []}
+    assert rpc_resolve(meta, "web")[1] == 1  # error: gone
+    rs.close()

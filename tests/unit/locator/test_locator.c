@@ -11,6 +11,7 @@
 #include "core/buf.h"
 #include "core/log.h"
 #include "core/rpc.h"
+#include "locator/ketama.h"
 #include "locator/locator.h"
 #include "locator/table.h"
 
@@ -546,7 +547,7 @@ static void test_resolve(void **state)
     expect_error(&c.m, RPC_ECAT_LOCATOR, ENOENT, "service not found");
     CL_SEND(&c, 4, RPC_LOCATOR_RESOLVE, "");
     cl_expect(&c, 4, RPC_VALUE_ERROR);
-    expect_error(&c.m, RPC_ECAT_PROTOCOL, EINVAL, "resolve: expected 1 argument, got 0");
+    expect_error(&c.m, RPC_ECAT_PROTOCOL, EINVAL, "resolve: expected 1 to 2 arguments, got 0");
     CL_SEND(&c, 5, RPC_LOCATOR_RESOLVE, "u", 7u);
     cl_expect(&c, 5, RPC_VALUE_ERROR);
     expect_error(&c.m, RPC_ECAT_PROTOCOL, EINVAL, "argument 0 is an unsigned integer");
@@ -982,11 +983,62 @@ static void test_unknown_method(void **state)
     CL_SEND(&c, 1, 42, "s", "x");
     cl_expect(&c, 1, RPC_VALUE_ERROR);
     expect_error(&c.m, RPC_ECAT_PROTOCOL, ENOSYS, "unknown method 42");
-    CL_SEND(&c, 2, RPC_LOCATOR_ROUTING, "s", "x");
+    CL_SEND(&c, 2, RPC_LOCATOR_PUBLISH, "s", "x");
     cl_expect(&c, 2, RPC_VALUE_ERROR);
-    expect_error(&c.m, RPC_ECAT_PROTOCOL, ENOTSUP, "routing");
+    expect_error(&c.m, RPC_ECAT_PROTOCOL, ENOTSUP, "publish");
     CL_SEND(&c, 3, RPC_LOCATOR_RESOLVE, "s", "/prod/web");
     cl_expect(&c, 3, RPC_VALUE);
+    cl_close(&c);
+    fx_stop();
+}
+
+/* routing: groups stream to subscribers; resolve of a group picks a member. */
+static int group_weight_a;
+
+static void fx_set_group(void *arg)
+{
+    ketama_member_t m[2] = {{"/prod/web", (uint32_t)group_weight_a},
+                            {"/prod/db", (uint32_t)(100 - group_weight_a)}};
+    err_t err = {0};
+    assert_int_equal(loc_server_group_set(fx.srv, "grp", m, arg ? 0 : 2, &err), 0);
+}
+
+static void test_routing_groups(void **state)
+{
+    (void)state;
+    fx_start(NULL);
+    cl_t c;
+    cl_open(&c, 0);
+    CL_SEND(&c, 1, RPC_LOCATOR_ROUTING, "s", "router-1");
+    cl_expect(&c, 1, RPC_WRITE);
+    assert_int_equal(stream_map(&c.m)->via.map.size, 0);
+    group_weight_a = 100;
+    fx_call(fx_set_group, NULL);
+    cl_expect(&c, 1, RPC_WRITE); /* the change, on the same channel */
+    const msgpack_object *map = stream_map(&c.m);
+    assert_int_equal(map->via.map.size, 1);
+    assert_int_equal(map->via.map.ptr[0].val.via.array.size, 2);
+    /* All weight on /prod/web: every resolve of the group lands there. */
+    for (uint64_t ch = 2; ch < 12; ch++) {
+        CL_SEND(&c, ch, RPC_LOCATOR_RESOLVE, "s", "grp");
+        cl_expect(&c, ch, RPC_VALUE);
+        assert_int_equal(c.m.args[1].via.i64, 3); /* /prod/web's version in the table */
+    }
+    /* A seed is sticky. */
+    CL_SEND(&c, 12, RPC_LOCATOR_RESOLVE, "ss", "grp", "user-1");
+    cl_expect(&c, 12, RPC_VALUE);
+    /* Removal reaches the subscriber; the group no longer resolves. */
+    fx_call(fx_set_group, (void *)1);
+    cl_expect(&c, 1, RPC_WRITE);
+    assert_int_equal(stream_map(&c.m)->via.map.ptr[0].val.via.array.size, 0);
+    CL_SEND(&c, 13, RPC_LOCATOR_RESOLVE, "s", "grp");
+    cl_expect(&c, 13, RPC_VALUE_ERROR);
+    /* close ends the subscription. */
+    CL_SEND(&c, 1, RPC_CLOSE, "");
+    cl_expect(&c, 1, RPC_CLOSE);
+    /* An empty name is an unknown service, not a crash. */
+    CL_SEND(&c, 14, RPC_LOCATOR_RESOLVE, "S", "", (size_t)0);
+    cl_expect(&c, 14, RPC_VALUE_ERROR);
     cl_close(&c);
     fx_stop();
 }
@@ -1346,6 +1398,7 @@ int main(void)
         cmocka_unit_test(test_ack_errors),
         cmocka_unit_test(test_cluster),
         cmocka_unit_test(test_unknown_method),
+        cmocka_unit_test(test_routing_groups),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_oversized),
         cmocka_unit_test(test_channel_backwards),
