@@ -115,7 +115,7 @@ lint:
 	@scripts/lint.sh
 
 format:
-	@clang-format -i $$(find src tests/unit fuzz include -name '*.[ch]' 2>/dev/null)
+	@clang-format -i $$(find src tests/unit fuzz include bench -name '*.[ch]' 2>/dev/null)
 
 FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))

@@ -182,8 +182,8 @@ int main(int argc, char **argv)
     double *lat = calloc((size_t)n, sizeof(double));
     for (int i = 0; i < n; i++) {
         int port = 20000 + i % 10000;
-        loc_ep_t ep = {.host = "127.0.0.1", .port = port, .instance = "i", .node = "bench-node",
-                       .version = 1};
+        loc_ep_t ep = {
+            .host = "127.0.0.1", .port = port, .instance = "i", .node = "bench-node", .version = 1};
         double t0 = now_us();
         loc_table_set(node, "/bench/svc", &ep, 1, 1, "service");
         /* UV_RUN_ONCE blocks in epoll like a real agent's loop: each hop
