@@ -45,6 +45,7 @@ TEST_DEPS_isolate :=
 TEST_DEPS_agent := isolate http spec locator
 TEST_DEPS_sched := store spec
 TEST_DEPS_cli := http
+TEST_DEPS_gateway := locator http
 mod_objs = $(filter build/asan/src/core/% $(foreach m,$(1) $(TEST_DEPS_$(1)),build/asan/src/$(m)/%),$(ASAN_LIB_OBJ))
 
 .PHONY: all asan unit check test deps demo lint format fuzz bench clean integration
@@ -124,6 +125,7 @@ FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,ad
 # the target (fuzz_http_request.c -> src/http) and the modules in
 # FUZZ_DEPS_<module> (the cli targets stub what they call instead).
 FUZZ_DEPS_agent := isolate http spec locator
+FUZZ_DEPS_gateway := locator http
 fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
 build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c $$(foreach m,$$(call fuzz_mod,$$*) $$(FUZZ_DEPS_$$(call fuzz_mod,$$*)),src/$$(m)/*.c)))
