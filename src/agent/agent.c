@@ -5,7 +5,9 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/rpc.h"
 #include "core/str.h"
+#include "spec/spec.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -48,35 +50,76 @@ static bool agent_inst_published(const inst_t *in)
     return in->state == INST_HEALTHY && in->proc && !in->stopping && !in->removing;
 }
 
-static void agent_publish_name(agent_t *a, const char *name, const char *app, int64_t only_version,
-                               const char *api)
+/* What one published name holds: the app's instances (of one version, or
+ * all), reached on one of their ports, with the app's routes attached when
+ * it is the app's own name. */
+typedef struct publish_name {
+    const char *name;
+    const char *app;
+    int64_t only_version; /* 0: every version */
+    int port_index;       /* which of the instance's ports (app#k names) */
+    bool with_routes;
+    const char *api;
+} publish_name_t;
+
+/* {"routes": [...]} as msgpack, from the newest spec: gateways read an
+ * app's routes from the locator stream, so routing keeps working while
+ * every server is down (DESIGN.md "State and scale"). Empty when the app
+ * has no routes. */
+static void agent_route_attrs(const json_t *spec, msgpack_sbuffer *sb)
+{
+    json_t *routes = spec ? spec_routes(spec) : NULL;
+    if (json_array_size(routes)) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str_with_body(&pk, "routes", 6);
+        rpc_pack_json(&pk, routes);
+    }
+    json_decref(routes);
+}
+
+static void agent_publish_name(agent_t *a, const publish_name_t *pn)
 {
     size_t n = 0, cap = 8;
     loc_ep_t *eps = xcalloc(cap, sizeof(loc_ep_t));
     int64_t newest = 0;
+    const json_t *newest_spec = NULL;
     for (inst_t *in = a->insts; in; in = in->next) {
-        if (strcmp(in->app, app) != 0 || !agent_inst_published(in))
+        if (strcmp(in->app, pn->app) != 0 || !agent_inst_published(in))
             continue;
-        if (only_version && in->version != only_version)
+        if (pn->only_version && in->version != pn->only_version)
             continue;
+        int port = 0;
+        if (in->ports_held && in->port_info.n > (size_t)pn->port_index)
+            port = in->ports[pn->port_index];
+        else if (pn->port_index > 0)
+            continue; /* this version has no such port */
         if (n == cap) {
             cap *= 2;
             eps = xrealloc(eps, cap * sizeof(loc_ep_t));
         }
         eps[n++] = (loc_ep_t){.host = a->advertise,
-                              .port = in->ports_held && in->port_info.n ? in->ports[0] : 0,
+                              .port = port,
                               .instance = in->id,
                               .node = a->node_id,
                               .version = in->version};
-        if (in->version > newest)
-            newest = in->version;
+        if (in->version > newest || !newest_spec) {
+            newest = in->version > newest ? in->version : newest;
+            newest_spec = in->spec;
+        }
     }
-    loc_table_set(a->table, name, eps, n, newest, api);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (pn->with_routes && n)
+        agent_route_attrs(newest_spec, &sb);
+    loc_table_set_attrs(a->table, pn->name, eps, n, newest, pn->api, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
     free(eps);
 }
 
 typedef struct publish_scan {
-    const char *prefix; /* "/a/b@" */
+    const char *prefix; /* "/a/b@" or "/a/b#" */
     size_t len;
     char **names;
     size_t n;
@@ -92,6 +135,60 @@ static int agent_publish_collect(const loc_entry_t *e, void *data)
     return 0;
 }
 
+static void publish_scan_add(publish_scan_t *ps, char *name)
+{
+    ps->names = xrealloc(ps->names, (ps->n + 1) * sizeof(char *));
+    ps->names[ps->n++] = name;
+}
+
+/* Names app<sep>N: the ones already published (so one that went away is
+ * removed) and the ones wanted now; each is republished by fn. */
+static void agent_publish_suffixed(agent_t *a, const char *app, char sep, const char *api)
+{
+    char *prefix = xasprintf("%s%c", app, sep);
+    publish_scan_t ps = {.prefix = prefix, .len = strlen(prefix)};
+    loc_table_foreach(a->table, agent_publish_collect, &ps);
+    for (inst_t *in = a->insts; in; in = in->next) {
+        if (strcmp(in->app, app) != 0)
+            continue;
+        if (sep == '@') {
+            publish_scan_add(&ps, xasprintf("%s%" PRId64, prefix, in->version));
+            continue;
+        }
+        /* app#k for each port index k > 0 a route of a service sends to */
+        json_t *routes = spec_routes(in->spec);
+        size_t i;
+        json_t *r;
+        json_array_foreach(routes, i, r)
+        {
+            json_int_t k = json_integer_value(json_object_get(r, "portIndex"));
+            if (k > 0)
+                publish_scan_add(&ps, xasprintf("%s%" JSON_INTEGER_FORMAT, prefix, k));
+        }
+        json_decref(routes);
+    }
+    for (size_t i = 0; i < ps.n; i++) {
+        int64_t v = 0;
+        bool dup = false;
+        for (size_t k = 0; k < i && !dup; k++)
+            dup = strcmp(ps.names[k], ps.names[i]) == 0;
+        if (!dup && str_to_i64(ps.names[i] + ps.len, 1, INT64_MAX, &v) == 0) {
+            publish_name_t pn = {.name = ps.names[i], .app = app, .api = api};
+            if (sep == '@')
+                pn.only_version = v;
+            else if (v < 65536)
+                pn.port_index = (int)v;
+            else
+                continue;
+            agent_publish_name(a, &pn);
+        }
+    }
+    for (size_t i = 0; i < ps.n; i++)
+        free(ps.names[i]);
+    free(ps.names);
+    free(prefix);
+}
+
 void agent_publish(agent_t *a, const char *app)
 {
     if (!app || !*app || !a->table)
@@ -100,26 +197,10 @@ void agent_publish(agent_t *a, const char *app)
     for (inst_t *in = a->insts; in; in = in->next)
         if (strcmp(in->app, app) == 0 && json_str(in->spec, "kind"))
             api = json_str(in->spec, "kind");
-    agent_publish_name(a, app, app, 0, api);
-    /* app@version names: every version still running here, and the ones
-     * already published (so a version that went away is removed). */
-    char *prefix = xasprintf("%s@", app);
-    publish_scan_t ps = {.prefix = prefix, .len = strlen(prefix)};
-    loc_table_foreach(a->table, agent_publish_collect, &ps);
-    for (inst_t *in = a->insts; in; in = in->next) {
-        if (strcmp(in->app, app) != 0)
-            continue;
-        ps.names = xrealloc(ps.names, (ps.n + 1) * sizeof(char *));
-        ps.names[ps.n++] = xasprintf("%s%" PRId64, prefix, in->version);
-    }
-    for (size_t i = 0; i < ps.n; i++) {
-        int64_t v = 0;
-        if (str_to_i64(ps.names[i] + ps.len, 1, INT64_MAX, &v) == 0)
-            agent_publish_name(a, ps.names[i], app, v, api);
-        free(ps.names[i]);
-    }
-    free(ps.names);
-    free(prefix);
+    publish_name_t pn = {.name = app, .app = app, .with_routes = true, .api = api};
+    agent_publish_name(a, &pn);
+    agent_publish_suffixed(a, app, '@', api);
+    agent_publish_suffixed(a, app, '#', api);
 }
 
 /* ---- node identity ---- */

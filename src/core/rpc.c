@@ -4,11 +4,12 @@
 #include "core/err.h"
 
 #include <errno.h>
+#include <jansson.h>
+#include <string.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* Initial msgpack-c buffer: small, since every connection owns a decoder;
  * msgpack-c doubles it as messages need. */
@@ -822,4 +823,36 @@ int rpc_channels_open(rpc_channels_t *c, uint64_t id, err_t *err)
         return err_set(err, -EPROTO, "channel %" PRIu64 " reused (last %" PRIu64 ")", id, c->last);
     c->last = id;
     return 0;
+}
+
+void rpc_pack_json(msgpack_packer *pk, const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        msgpack_pack_map(pk, (uint32_t)json_object_size(v));
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x)
+        {
+            msgpack_pack_str_with_body(pk, k, strlen(k));
+            rpc_pack_json(pk, x);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        msgpack_pack_array(pk, (uint32_t)json_array_size(v));
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x) rpc_pack_json(pk, x);
+        break;
+    }
+    case JSON_STRING:
+        msgpack_pack_str_with_body(pk, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER: msgpack_pack_int64(pk, json_integer_value(v)); break;
+    case JSON_REAL: msgpack_pack_double(pk, json_real_value(v)); break;
+    case JSON_TRUE: msgpack_pack_true(pk); break;
+    case JSON_FALSE: msgpack_pack_false(pk); break;
+    case JSON_NULL: msgpack_pack_nil(pk); break;
+    }
 }

@@ -239,6 +239,12 @@ int rpc_msg_header_at(const rpc_msg_t *m, size_t i, rpc_header_t *h);
 /* "a string", "an unsigned integer", ... for error messages. */
 const char *rpc_object_type_name(const msgpack_object *o);
 
+/* Pack a JSON value as msgpack: objects as maps, strings as str, integers,
+ * reals, booleans and null as themselves (the agent publishes spec parts,
+ * such as routes, on the locator stream this way). */
+struct json_t;
+void rpc_pack_json(msgpack_packer *pk, const struct json_t *v);
+
 /* Channel ids are chosen by the side that opens sessions and strictly
  * increase, so a stale or replayed id is detectable. The opener uses
  * rpc_channels_next; the receiver calls rpc_channels_open for each channel

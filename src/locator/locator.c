@@ -175,11 +175,20 @@ static void loc_pack_entry_items(msgpack_packer *pk, const loc_entry_t *e)
     }
     msgpack_pack_int64(pk, e->version);
     loc_pack_str(pk, e->api ? e->api : "service");
+    /* attrs are already msgpack (one map): copied through as they are */
+    if (e->n && e->attrs_len)
+        pk->callback(pk->data, e->attrs, e->attrs_len);
+}
+
+/* 3 elements, or 4 with attributes; a removal never carries them. */
+static uint32_t loc_entry_items(const loc_entry_t *e)
+{
+    return e->n && e->attrs_len ? 4 : 3;
 }
 
 static void loc_pack_entry(msgpack_packer *pk, const loc_entry_t *e)
 {
-    msgpack_pack_array(pk, 3);
+    msgpack_pack_array(pk, loc_entry_items(e));
     loc_pack_entry_items(pk, e);
 }
 
@@ -822,7 +831,7 @@ static void handle_resolve(loc_conn_t *c, const rpc_msg_t *m)
         return;
     }
     rpc_enc_t enc;
-    rpc_enc_begin(&enc, &c->out, m->channel, RPC_VALUE, 3, 0);
+    rpc_enc_begin(&enc, &c->out, m->channel, RPC_VALUE, loc_entry_items(e), 0);
     loc_pack_entry_items(&enc.pk, e);
     if (rpc_enc_end(&enc) < 0) {
         conn_too_slow(c);

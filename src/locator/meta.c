@@ -46,7 +46,9 @@
 #define META_NAME_MAX 1024
 #define META_HOST_MAX 255
 #define META_API_MAX  64
-#define META_UUID_MAX 255
+/* Bound on one entry's attributes (its routes), as msgpack. */
+#define META_ATTRS_MAX (64 << 10)
+#define META_UUID_MAX  255
 /* Keepalive, so a node that vanishes without a RST is noticed: first probe
  * after this idle time, then every META_KEEPALIVE_INTVL_S, given up after
  * META_KEEPALIVE_CNT. */
@@ -73,6 +75,8 @@ typedef struct meta_contrib {
     size_t n;
     int64_t version;
     char *api;
+    char *attrs; /* msgpack map, or NULL */
+    size_t attrs_len;
 } meta_contrib_t;
 
 /* A name some node contributes to; contributions in the order they came. */
@@ -217,8 +221,11 @@ static void contrib_clear(meta_contrib_t *c)
         free(c->eps[i].host);
     free(c->eps);
     free(c->api);
+    free(c->attrs);
     c->eps = NULL;
     c->api = NULL;
+    c->attrs = NULL;
+    c->attrs_len = 0;
     c->n = 0;
 }
 
@@ -306,10 +313,15 @@ static void name_recompute(meta_t *m, meta_name_t *nm)
     }
     size_t total = 0;
     int64_t version = nm->c[0].version;
+    /* attributes (routes) follow the newest version: during a rollout the
+     * new spec's routes win on every node at once */
+    const meta_contrib_t *newest = &nm->c[0];
     for (size_t i = 0; i < nm->n; i++) {
         total += nm->c[i].n;
-        if (nm->c[i].version > version)
+        if (nm->c[i].version > version) {
             version = nm->c[i].version;
+            newest = &nm->c[i];
+        }
     }
     meta_merge_ep_t *me = xcalloc(total ? total : 1, sizeof(*me));
     size_t k = 0;
@@ -330,7 +342,8 @@ static void name_recompute(meta_t *m, meta_name_t *nm)
             continue;
         eps[n++] = me[i].ep;
     }
-    loc_table_set(m->merged, nm->name, eps, n, version, nm->c[0].api);
+    loc_table_set_attrs(m->merged, nm->name, eps, n, version, nm->c[0].api, newest->attrs,
+                        newest->attrs_len);
     free(eps);
     free(me);
 }
@@ -443,7 +456,16 @@ static int obj_int64(const msgpack_object *o, int64_t *out)
     return -1;
 }
 
-/* One map value: [[[host, port]...], version, api]. Trailing extra
+/* An entry's attributes as they travel (the merged table keeps bytes). */
+static void attrs_pack(const msgpack_object *o, msgpack_sbuffer *sb)
+{
+    msgpack_sbuffer_init(sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_object(&pk, *o);
+}
+
+/* One map value: [[[host, port]...], version, api, attrs?]. Trailing extra
  * elements (of an entry or an endpoint) are ignored: room for later
  * fields. */
 static int check_entry(const msgpack_object *key, const msgpack_object *v, err_t *err)
@@ -466,6 +488,18 @@ static int check_entry(const msgpack_object *key, const msgpack_object *v, err_t
                                                                     : rpc_object_type_name(&e[1]));
     if (check_text(&e[2], 1, META_API_MAX, "api", name, err) < 0)
         return -EPROTO;
+    if (v->via.array.size >= 4) {
+        if (e[3].type != MSGPACK_OBJECT_MAP)
+            return err_set(err, -EPROTO, "attributes of %s are %s, expected a map", name,
+                           rpc_object_type_name(&e[3]));
+        msgpack_sbuffer sb;
+        attrs_pack(&e[3], &sb);
+        size_t len = sb.size;
+        msgpack_sbuffer_destroy(&sb);
+        if (len > META_ATTRS_MAX)
+            return err_set(err, -EPROTO, "attributes of %s take %zu bytes; at most %d", name, len,
+                           META_ATTRS_MAX);
+    }
     const msgpack_object_array *eps = &e[0].via.array;
     for (uint32_t i = 0; i < eps->size; i++) {
         const msgpack_object *ep = &eps->ptr[i];
@@ -565,6 +599,14 @@ static void merge_apply(meta_t *m, meta_node_t *node, const msgpack_object *key,
     c->gen = node->gen;
     c->version = version;
     c->api = xstrndup(api, alen);
+    if (val->via.array.size >= 4) {
+        msgpack_sbuffer sb;
+        attrs_pack(&e[3], &sb);
+        c->attrs = xmalloc(sb.size ? sb.size : 1);
+        memcpy(c->attrs, sb.data, sb.size);
+        c->attrs_len = sb.size;
+        msgpack_sbuffer_destroy(&sb);
+    }
     c->eps = xcalloc(eps->size, sizeof(*c->eps));
     for (uint32_t i = 0; i < eps->size; i++) {
         size_t hlen;

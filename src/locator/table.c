@@ -43,10 +43,13 @@ static void entry_clear(entry_t *e)
     }
     free(e->eps);
     free((char *)e->pub.api);
+    free((void *)e->pub.attrs);
     e->eps = NULL;
     e->pub.eps = NULL;
     e->pub.n = 0;
     e->pub.api = NULL;
+    e->pub.attrs = NULL;
+    e->pub.attrs_len = 0;
 }
 
 void loc_table_free(loc_table_t *t)
@@ -133,9 +136,22 @@ static void table_notify(loc_table_t *t, const loc_entry_t *e)
     }
 }
 
+static bool attrs_equal(const loc_entry_t *e, const void *attrs, size_t len)
+{
+    return e->attrs_len == len && (len == 0 || memcmp(e->attrs, attrs, len) == 0);
+}
+
 void loc_table_set(loc_table_t *t, const char *name, const loc_ep_t *eps, size_t n, int64_t version,
                    const char *api)
 {
+    loc_table_set_attrs(t, name, eps, n, version, api, NULL, 0);
+}
+
+void loc_table_set_attrs(loc_table_t *t, const char *name, const loc_ep_t *eps, size_t n,
+                         int64_t version, const char *api, const void *attrs, size_t attrs_len)
+{
+    if (!attrs)
+        attrs_len = 0;
     loc_ep_t *copy = xcalloc(n ? n : 1, sizeof(loc_ep_t));
     for (size_t i = 0; i < n; i++) {
         copy[i].host = xstrdup(eps[i].host ? eps[i].host : "");
@@ -152,7 +168,8 @@ void loc_table_set(loc_table_t *t, const char *name, const loc_ep_t *eps, size_t
     bool found;
     size_t at = table_find(t, name, &found);
     if (found && eps_equal(t->entries[at].eps, t->entries[at].pub.n, copy, n) &&
-        t->entries[at].pub.version == version && str_eq(t->entries[at].pub.api, api)) {
+        t->entries[at].pub.version == version && str_eq(t->entries[at].pub.api, api) &&
+        attrs_equal(&t->entries[at].pub, attrs, attrs_len)) {
         entry_t tmp = {.eps = copy, .pub = {.n = n}};
         entry_clear(&tmp);
         return;
@@ -193,6 +210,12 @@ void loc_table_set(loc_table_t *t, const char *name, const loc_ep_t *eps, size_t
     en->pub.n = n;
     en->pub.version = version;
     en->pub.api = xstrdup(api);
+    if (attrs_len) {
+        void *a = xmalloc(attrs_len);
+        memcpy(a, attrs, attrs_len);
+        en->pub.attrs = a;
+        en->pub.attrs_len = attrs_len;
+    }
     loc_entry_t snapshot = en->pub;
     table_notify(t, &snapshot);
 }

@@ -30,6 +30,12 @@ typedef struct loc_entry {
     size_t n;
     int64_t version; /* newest app version among the endpoints */
     const char *api; /* "service" or "worker" */
+    /* Optional attributes of the name, opaque to the table: the msgpack
+     * encoding of one map (today {"routes": [...]}, docs/protocol.md
+     * "Entry attributes"), NULL/0 when none. Part of the entry's value: a
+     * change of attrs alone is a change. */
+    const void *attrs;
+    size_t attrs_len;
 } loc_entry_t;
 
 typedef struct loc_table loc_table_t;
@@ -45,6 +51,9 @@ void loc_table_free(loc_table_t *t);
  * table's revision and calls the listeners, unless nothing changed. */
 void loc_table_set(loc_table_t *t, const char *name, const loc_ep_t *eps, size_t n, int64_t version,
                    const char *api);
+/* The same with attributes (copied; attrs NULL or attrs_len 0: none). */
+void loc_table_set_attrs(loc_table_t *t, const char *name, const loc_ep_t *eps, size_t n,
+                         int64_t version, const char *api, const void *attrs, size_t attrs_len);
 /* NULL when the name has no endpoints. Valid until the next set. */
 const loc_entry_t *loc_table_get(const loc_table_t *t, const char *name);
 /* Every entry, in name order; fn returns non-zero to stop. */

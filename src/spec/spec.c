@@ -291,6 +291,9 @@ static const field_t s_pool[] = {
     F_END,
 };
 
+/* How the gateway spreads a route's requests over its instances. */
+static const char *const v_balance[] = {"roundrobin", "leastconn", "hash", NULL};
+
 static const field_t s_route[] = {
     F_STRC("host", F_NONEMPTY, check_host),
     F_STRC("path", F_NONEMPTY, check_abs_path),
@@ -300,6 +303,7 @@ static const field_t s_route[] = {
     F_STRC("group", F_NONEMPTY, check_group),
     F_STR("event", F_NONEMPTY),
     F_STRC("sticky", F_NONEMPTY, check_sticky),
+    F_ENUM("balance", 0, v_balance),
     F_END,
 };
 

@@ -88,4 +88,20 @@ int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, siz
  * a new reference (never NULL; [] when equal). */
 json_t *spec_diff(const json_t *old, const json_t *new_);
 
+/* The routes a gateway serves for a normalized spec: its "routes", plus
+ * what a Marathon-era spec declares the way its routers read it, so such
+ * specs route unchanged:
+ *  - SERVICE_TAGS (env or label, comma-separated; the Marathon field
+ *    report's marathon-registrator convention): internal-listen-http-P and
+ *    internal-listen-tcp-P become internal routes on port P,
+ *    balance-roundrobin / balance-leastconn set their balancing;
+ *  - marathon-lb's HAPROXY_n_VHOST labels (comma-separated host names, with
+ *    HAPROXY_n_PATH as the path) become host routes to port index n.
+ * A staging app (label environment=staging, a "staging" tag, or a
+ * "staging" segment in its id) listens on "1" + P instead of P, as the
+ * report's internal HAProxy did; a port that would not fit is dropped.
+ * Derived routes never repeat an internal port or host+path the spec's own
+ * routes already use. Returns a new array of route objects. */
+json_t *spec_routes(const json_t *spec);
+
 #endif

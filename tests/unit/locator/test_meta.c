@@ -373,6 +373,86 @@ static int collect_ids(const meta_node_info_t *n, void *data)
     return 0;
 }
 
+/* Attributes (an app's routes) travel node -> metalocator byte for byte;
+ * the newest version's win, a change of attrs alone is a change, and a
+ * removal drops them. */
+static void pack_routes(msgpack_sbuffer *sb, const char *host)
+{
+    msgpack_sbuffer_init(sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "routes", 6);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "host", 4);
+    msgpack_pack_str_with_body(&pk, host, strlen(host));
+}
+
+typedef struct attrs_want {
+    const char *name;
+    const msgpack_sbuffer *sb; /* NULL: no attrs */
+} attrs_want_t;
+
+static bool attrs_are(void *arg)
+{
+    attrs_want_t *w = arg;
+    const loc_entry_t *e = loc_table_get(merged, w->name);
+    if (!e)
+        return false;
+    if (!w->sb)
+        return e->attrs_len == 0;
+    return e->attrs_len == w->sb->size && memcmp(e->attrs, w->sb->data, e->attrs_len) == 0;
+}
+
+static void test_attrs(void **state)
+{
+    (void)state;
+    loop_open();
+    nd_t a, b;
+    nd_start(&a);
+    nd_start(&b);
+    msgpack_sbuffer old, new_;
+    pack_routes(&old, "old.example.com");
+    pack_routes(&new_, "new.example.com");
+    loc_ep_t ea = {.host = "10.0.0.1", .port = 80}, eb = {.host = "10.0.0.2", .port = 80};
+    loc_table_set_attrs(a.t, "/web", &ea, 1, 1, "service", old.data, old.size);
+    meta_open(NULL);
+    add("a", &a);
+    attrs_want_t w = {"/web", &old};
+    run_until(attrs_are, &w, 2000, "attrs of version 1");
+
+    /* b runs version 2 with new routes: those win */
+    loc_table_set_attrs(b.t, "/web", &eb, 1, 2, "service", new_.data, new_.size);
+    add("b", &b);
+    w.sb = &new_;
+    run_until(attrs_are, &w, 2000, "attrs of version 2");
+    assert_string_equal(eps_text(merged, "/web"), "10.0.0.1:80 10.0.0.2:80");
+
+    /* only the attrs change on b: still a change that reaches the merge */
+    uint64_t rev = loc_table_revision(b.t);
+    loc_table_set_attrs(b.t, "/web", &eb, 1, 2, "service", old.data, old.size);
+    assert_int_equal(loc_table_revision(b.t), rev + 1);
+    w.sb = &old;
+    run_until(attrs_are, &w, 2000, "changed attrs");
+    /* setting the same again is not a change */
+    loc_table_set_attrs(b.t, "/web", &eb, 1, 2, "service", old.data, old.size);
+    assert_int_equal(loc_table_revision(b.t), rev + 1);
+
+    /* no attrs at all on both */
+    loc_table_set(a.t, "/web", &ea, 1, 1, "service");
+    loc_table_set(b.t, "/web", &eb, 1, 2, "service");
+    w.sb = NULL;
+    run_until(attrs_are, &w, 2000, "attrs dropped");
+
+    msgpack_sbuffer_destroy(&old);
+    msgpack_sbuffer_destroy(&new_);
+    meta_close();
+    nd_free(&a);
+    nd_free(&b);
+    loop_close();
+}
+
 static void test_merge(void **state)
 {
     (void)state;
@@ -1476,6 +1556,7 @@ int main(void)
     log_setup(LOG_OFF, LOG_TEXT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_attrs),
         cmocka_unit_test(test_changes_in_order),
         cmocka_unit_test(test_node_remove),
         cmocka_unit_test(test_stale_grace),
