@@ -203,6 +203,27 @@ void agent_publish(agent_t *a, const char *app)
     agent_publish_suffixed(a, app, '#', api);
 }
 
+/* The agent's own services are names like any app's, so a client finds
+ * a node's locator, its node API or its log endpoint the way it finds
+ * services; merged at a metalocator, each name lists every node's. */
+static void agent_publish_own(agent_t *a)
+{
+    loc_ep_t loc = {.host = a->advertise,
+                    .port = loc_server_port(a->locator),
+                    .instance = "locator",
+                    .node = a->node_id,
+                    .version = 1};
+    loc_ep_t http = {.host = a->advertise,
+                     .port = http_server_port(a->http),
+                     .instance = "node",
+                     .node = a->node_id,
+                     .version = 1};
+    loc_table_set(a->table, "drover/locator", &loc, 1, 1, "service");
+    loc_table_set(a->table, "drover/node", &http, 1, 1, "service");
+    http.instance = "logging";
+    loc_table_set(a->table, "drover/logging", &http, 1, 1, "service");
+}
+
 /* ---- node identity ---- */
 
 /* The node id survives restarts (data_dir/node-id), so a restarted agent is
@@ -622,6 +643,7 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
         goto fail;
     }
     a->locator_addr = xasprintf("%s:%d", a->advertise, loc_server_port(a->locator));
+    agent_publish_own(a);
     if (opts->announce) {
         /* Metalocators that listen find this node without configuration:
          * [node id, [[address, locator port]]] every interval. */

@@ -130,6 +130,8 @@ struct loc_server {
     size_t max_message, max_conns, max_queued;
     void (*on_ack)(const char *uuid, const char *peer, uint64_t revision, void *data);
     void *data;
+    void (*cluster)(void *data, void (*add)(void *ctx, const char *id, const char *host, int port),
+                    void *ctx);
 
     loc_conn_t *conns;
     size_t n_conns;
@@ -840,6 +842,33 @@ static void handle_resolve(loc_conn_t *c, const rpc_msg_t *m)
     conn_mark_dirty(c);
 }
 
+typedef struct cluster_acc {
+    struct {
+        char *id, *host;
+        int port;
+    } * v;
+    size_t n;
+} cluster_acc_t;
+
+static void cluster_add(void *ctx, const char *id, const char *host, int port)
+{
+    cluster_acc_t *a = ctx;
+    a->v = xrealloc(a->v, (a->n + 1) * sizeof(*a->v));
+    a->v[a->n].id = xstrdup(id ? id : "");
+    a->v[a->n].host = xstrdup(host ? host : "");
+    a->v[a->n].port = port;
+    a->n++;
+}
+
+static void cluster_acc_free(cluster_acc_t *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        free(a->v[i].id);
+        free(a->v[i].host);
+    }
+    free(a->v);
+}
+
 static void handle_cluster(loc_conn_t *c, const rpc_msg_t *m)
 {
     loc_server_t *s = c->srv;
@@ -850,14 +879,21 @@ static void handle_cluster(loc_conn_t *c, const rpc_msg_t *m)
         conn_send_error(c, m->channel, RPC_ECAT_PROTOCOL, EINVAL, msg);
         return;
     }
+    cluster_acc_t acc = {0};
+    cluster_add(&acc, s->node_id, s->node_host, s->node_port ? s->node_port : s->port);
+    if (s->cluster)
+        s->cluster(s->data, cluster_add, &acc);
     rpc_enc_t enc;
-    rpc_enc_begin(&enc, &c->out, m->channel, RPC_VALUE, 1, 0);
-    msgpack_pack_array(&enc.pk, 2);
-    loc_pack_str(&enc.pk, s->node_id);
-    msgpack_pack_array(&enc.pk, 1);
-    msgpack_pack_array(&enc.pk, 2);
-    loc_pack_str(&enc.pk, s->node_host);
-    msgpack_pack_int(&enc.pk, s->node_port ? s->node_port : s->port);
+    rpc_enc_begin(&enc, &c->out, m->channel, RPC_VALUE, (uint32_t)acc.n, 0);
+    for (size_t i = 0; i < acc.n; i++) {
+        msgpack_pack_array(&enc.pk, 2);
+        loc_pack_str(&enc.pk, acc.v[i].id);
+        msgpack_pack_array(&enc.pk, 1);
+        msgpack_pack_array(&enc.pk, 2);
+        loc_pack_str(&enc.pk, acc.v[i].host);
+        msgpack_pack_int(&enc.pk, acc.v[i].port);
+    }
+    cluster_acc_free(&acc);
     if (rpc_enc_end(&enc) < 0) {
         conn_too_slow(c);
         return;
@@ -1265,6 +1301,7 @@ static loc_server_t *srv_new(loc_table_t *table, const loc_server_opts_t *opts)
     s->node_port = o.node_port;
     s->on_ack = o.on_ack;
     s->data = o.data;
+    s->cluster = o.cluster;
     buf_init(&s->change, 0);
     buf_init(&s->full, 0);
     s->listen_id = loc_table_listen(table, srv_on_change, s);

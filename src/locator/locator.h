@@ -15,7 +15,7 @@
  *                      confirm it applied everything up to that revision,
  *                      and close [] to unsubscribe.
  *   cluster []      -> value [[node id, [[host, port]]]] (one argument per
- *                      node; a node locator knows only itself)
+ *                      node: itself, then every node opts->cluster adds)
  *
  * A well-formed request the server cannot serve (unknown method, wrong
  * arguments) gets an error on its channel and the connection stays up.
@@ -75,6 +75,11 @@ typedef struct loc_server_opts {
      * valid during the call only. May be NULL. */
     void (*on_ack)(const char *uuid, const char *peer, uint64_t revision, void *data);
     void *data;
+    /* cluster: other nodes this locator knows (a metalocator: every node
+     * it links). Called per `cluster` request; it calls add once per node
+     * (ctx passed through; strings copied). May be NULL. */
+    void (*cluster)(void *data, void (*add)(void *ctx, const char *id, const char *host, int port),
+                    void *ctx);
 } loc_server_opts_t;
 
 typedef struct loc_server loc_server_t;

@@ -100,6 +100,7 @@ struct meta_link {
     buf_t wout; /* being written */
     bool writing;
     bool connect_sent;
+    bool groups_full;  /* the first routing write arrived on this link */
     bool synced;       /* full table applied */
     uint64_t rev;      /* last revision applied on this link */
     uint64_t ack_want; /* highest revision that may be acked */
@@ -159,7 +160,13 @@ struct meta {
     char *uuid;
     uint64_t backoff_start, backoff_max, connect_timeout, stale_ms, confirm_timeout;
     size_t max_message, max_nodes, max_names;
-    loc_server_t *downstream;
+    /* downstream confirmation (a loc_server_t, or the opts' hook); NULL:
+     * ack as soon as applied */
+    int (*confirm)(void *ctx, uint64_t merged_revision, uint64_t timeout_ms, loc_confirm_fn cb,
+                   void *cb_data);
+    void *confirm_ctx;
+    void (*on_groups)(const char *node_id, const msgpack_object_map *groups, bool full, void *data);
+    void *groups_data;
 
     meta_node_t *nodes; /* by id */
     size_t n_nodes;
@@ -664,10 +671,52 @@ static int msg_remote_error(const rpc_msg_t *msg, err_t *err)
 }
 
 /* One message on a link. 0, or a negative errno that ends the link. */
+/* Channel 2: routing groups. Every value is checked before the callback
+ * sees any of it; a refusal or close (a locator without groups) only ends
+ * that channel. */
+static int link_groups(meta_link_t *l, const rpc_msg_t *msg, err_t *err)
+{
+    meta_t *m = l->m;
+    if (msg->type == RPC_ERROR || msg->type == RPC_CLOSE) {
+        log_debug("meta", "node %s: routing channel ended", l->node->id);
+        return 0;
+    }
+    const msgpack_object_map *map = NULL;
+    if (msg->type != RPC_WRITE || rpc_args_count(msg, 1, 1, err) < 0 ||
+        rpc_arg_map(msg, 0, &map, err) < 0)
+        return err_wrap(err, -EPROTO, "routing message %" PRIu64, msg->index);
+    for (uint32_t i = 0; i < map->size; i++) {
+        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+        if (check_text(k, 1, META_NAME_MAX, "group name", NULL, err) < 0)
+            return -EPROTO;
+        if (v->type != MSGPACK_OBJECT_ARRAY)
+            return err_set(err, -EPROTO, "routing message %" PRIu64 ": group members are %s",
+                           msg->index, rpc_object_type_name(v));
+        for (uint32_t j = 0; j < v->via.array.size; j++) {
+            const msgpack_object *mem = &v->via.array.ptr[j];
+            if (mem->type != MSGPACK_OBJECT_ARRAY || mem->via.array.size < 2 ||
+                check_text(&mem->via.array.ptr[0], 1, META_NAME_MAX, "group member", NULL, err) <
+                    0 ||
+                mem->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                mem->via.array.ptr[1].via.u64 > UINT32_MAX)
+                return err_set(err, -EPROTO,
+                               "routing message %" PRIu64 ": member %" PRIu32
+                               " is not [name, weight]",
+                               msg->index, j);
+        }
+    }
+    bool full = !l->groups_full;
+    l->groups_full = true;
+    m->on_groups(l->node->id, map, full, m->groups_data);
+    return 0;
+}
+
 static int link_handle(meta_link_t *l, const rpc_msg_t *msg, err_t *err)
 {
     meta_t *m = l->m;
     meta_node_t *node = l->node;
+    if (msg->channel == RPC_CONTROL_CHANNEL + 1 && m->on_groups)
+        return link_groups(l, msg, err);
     if (msg->channel != RPC_CONTROL_CHANNEL)
         return err_set(err, -EPROTO,
                        "message %" PRIu64 " on channel %" PRIu64 ", only channel 1 was opened",
@@ -802,6 +851,9 @@ static void link_flush(meta_link_t *l)
     if (!l->connect_sent) {
         if (rpc_encode(&l->out, RPC_CONTROL_CHANNEL, RPC_LOCATOR_CONNECT, "s", l->m->uuid) < 0)
             abort(); /* META_OUT_MAX holds a connect with the longest uuid */
+        if (l->m->on_groups &&
+            rpc_encode(&l->out, RPC_CONTROL_CHANNEL + 1, RPC_LOCATOR_ROUTING, "s", l->m->uuid) < 0)
+            abort(); /* and a routing request too */
         l->connect_sent = true;
     }
     if (l->ack_want > l->ack_sent) {
@@ -856,6 +908,12 @@ static void link_ack(meta_link_t *l, uint64_t rev)
 static void ticket_on_confirmed(uint64_t revision, size_t confirmed, size_t pending,
                                 const char *pending_names, void *data);
 
+static int downstream_confirm(void *ctx, uint64_t merged_revision, uint64_t timeout_ms,
+                              loc_confirm_fn cb, void *cb_data)
+{
+    return loc_server_wait_confirmed(ctx, merged_revision, timeout_ms, cb, cb_data);
+}
+
 /* Wait for the downstream routers to confirm merged revision
  * l->confirm_merged, then ack l->confirm_rev to the node. */
 static void link_wait_downstream(meta_link_t *l)
@@ -868,8 +926,8 @@ static void link_wait_downstream(meta_link_t *l)
     t->m = m;
     t->link_seq = l->seq;
     t->rev = l->confirm_rev;
-    int rc = loc_server_wait_confirmed(m->downstream, l->confirm_merged, m->confirm_timeout,
-                                       ticket_on_confirmed, t);
+    int rc =
+        m->confirm(m->confirm_ctx, l->confirm_merged, m->confirm_timeout, ticket_on_confirmed, t);
     if (rc < 0) {
         /* The downstream server is stopping: no router follows it. */
         log_debug("meta", "node %s: downstream wait: %s; acking %" PRIu64, node->id, strerror(-rc),
@@ -893,7 +951,7 @@ static void link_wait_downstream(meta_link_t *l)
 static void link_applied(meta_link_t *l)
 {
     meta_t *m = l->m;
-    if (!m->downstream || !m->loop) {
+    if (!m->confirm || !m->loop) {
         link_ack(l, l->rev);
         return;
     }
@@ -1437,7 +1495,15 @@ static int meta_configure(meta_t *m, const meta_opts_t *opts, err_t *err)
     m->max_message = o.max_message_bytes ? o.max_message_bytes : RPC_MAX_MESSAGE_DEFAULT;
     m->max_nodes = o.max_nodes ? o.max_nodes : META_MAX_NODES_DEFAULT;
     m->max_names = o.max_names_per_node ? o.max_names_per_node : META_MAX_NAMES_DEFAULT;
-    m->downstream = o.downstream;
+    if (o.downstream) {
+        m->confirm = downstream_confirm;
+        m->confirm_ctx = o.downstream;
+    } else {
+        m->confirm = o.confirm;
+        m->confirm_ctx = o.confirm_ctx;
+    }
+    m->on_groups = o.on_groups;
+    m->groups_data = o.groups_data;
     if (o.uuid) {
         size_t n = strlen(o.uuid);
         if (n == 0 || n > META_UUID_MAX)
@@ -1538,6 +1604,7 @@ meta_t *meta_new_detached(loc_table_t *merged, const meta_opts_t *opts)
     if (opts)
         o = *opts;
     o.downstream = NULL;
+    o.confirm = NULL;
     if (meta_configure(m, &o, NULL) < 0)
         abort(); /* a programming error in the caller's options */
     return m;

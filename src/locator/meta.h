@@ -48,6 +48,7 @@
 #include "locator/locator.h"
 #include "locator/table.h"
 
+#include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -90,6 +91,22 @@ typedef struct meta_opts {
     loc_server_t *downstream;
     /* How long one downstream confirmation is waited for. */
     uint64_t confirm_timeout_ms;
+    /* Instead of a downstream server, whoever consumes the merged table
+     * itself (a gateway) may confirm: called like loc_server_wait_confirmed
+     * (same contract: cb runs once, on a later loop turn) with
+     * confirm_ctx. Ignored when downstream is set. */
+    int (*confirm)(void *ctx, uint64_t merged_revision, uint64_t timeout_ms, loc_confirm_fn cb,
+                   void *cb_data);
+    void *confirm_ctx;
+    /* When set, each link also follows the node's routing groups
+     * (`routing [uuid]` on channel 2) and hands every write to on_groups:
+     * `full` for the first one on a link (every group the node serves),
+     * then only changed groups, an empty member list meaning deleted. Each
+     * value was checked to be [[member, weight]...] (member a non-empty
+     * str, weight a uint32). Called on the loop; `groups` is valid during
+     * the call. A node that refuses routing just has no groups. */
+    void (*on_groups)(const char *node_id, const msgpack_object_map *groups, bool full, void *data);
+    void *groups_data;
 } meta_opts_t;
 
 typedef enum meta_link_state {

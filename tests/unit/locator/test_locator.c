@@ -934,6 +934,14 @@ static void test_ack_errors(void **state)
 
 /* ---- cluster and other methods ---------------------------------------------------------- */
 
+static void two_nodes(void *data,
+                      void (*add)(void *ctx, const char *id, const char *host, int port), void *ctx)
+{
+    (void)data;
+    add(ctx, "n-a", "10.0.0.2", 10053);
+    add(ctx, "n-b", "10.0.0.3", 10054);
+}
+
 static void test_cluster(void **state)
 {
     (void)state;
@@ -970,6 +978,21 @@ static void test_cluster(void **state)
     a = &node->via.array.ptr[1].via.array.ptr[0];
     assert_memory_equal(a->via.array.ptr[0].via.str.ptr, "10.1.2.3", 8);
     assert_int_equal(a->via.array.ptr[1].via.u64, 10053);
+    cl_close(&c);
+    fx_stop();
+
+    /* A metalocator lists the nodes it links after itself. */
+    loc_server_opts_t om = {.node_id = "meta", .node_host = "10.0.0.1", .cluster = two_nodes};
+    fx_start(&om);
+    cl_open(&c, 0);
+    CL_SEND(&c, 1, RPC_LOCATOR_CLUSTER, "");
+    cl_expect(&c, 1, RPC_VALUE);
+    assert_int_equal(c.m.nargs, 3);
+    node = &c.m.args[2];
+    assert_memory_equal(node->via.array.ptr[0].via.str.ptr, "n-b", 3);
+    a = &node->via.array.ptr[1].via.array.ptr[0];
+    assert_memory_equal(a->via.array.ptr[0].via.str.ptr, "10.0.0.3", 8);
+    assert_int_equal(a->via.array.ptr[1].via.u64, 10054);
     cl_close(&c);
     fx_stop();
 }
