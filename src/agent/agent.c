@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/rpc.h"
 #include "core/str.h"
+#include "locator/ketama.h"
 #include "spec/spec.h"
 
 #include <arpa/inet.h>
@@ -472,6 +473,93 @@ static void agent_watch(agent_t *a)
     free(path);
 }
 
+/* ---- routing groups ---- */
+
+static void agent_groups_watch(agent_t *a);
+
+static void agent_groups_retry_fire(uv_timer_t *t)
+{
+    agent_groups_watch(t->data);
+}
+
+/* Serve every group of the answer from this node's locator (resolve by
+ * group name, `routing` streams) and drop the ones that are gone, so a
+ * weight change reaches the node's subscribers without a reconnect. */
+static void agent_groups_apply(agent_t *a, const json_t *groups)
+{
+    json_t *seen = json_object();
+    size_t i;
+    json_t *g;
+    json_array_foreach(groups, i, g)
+    {
+        const char *name = json_str(g, "name");
+        const json_t *members = json_object_get(g, "members");
+        if (!name)
+            continue;
+        size_t n = json_array_size(members);
+        ketama_member_t *m = xcalloc(n ? n : 1, sizeof(*m));
+        size_t k = 0;
+        for (size_t j = 0; j < n; j++) {
+            const json_t *e = json_array_get(members, j);
+            const char *target = json_str(e, "target");
+            if (!target)
+                continue;
+            m[k].name = target;
+            m[k++].weight = (uint32_t)json_integer_value(json_object_get(e, "weight"));
+        }
+        err_t err = {0};
+        if (k && loc_server_group_set(a->locator, name, m, k, &err) == 0)
+            json_object_set_new(seen, name, json_true());
+        else if (k)
+            log_warn("agent", "routing group %s not served: %s", name, err.msg);
+        free(m);
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(a->groups_known, name, v)
+    {
+        if (!json_object_get(seen, name))
+            loc_server_group_set(a->locator, name, NULL, 0, NULL);
+    }
+    json_decref(a->groups_known);
+    a->groups_known = seen;
+}
+
+static void agent_groups_done(agent_t *a, int status, const err_t *err, int http_status,
+                              json_t *body, int64_t index, void *data)
+{
+    (void)data;
+    a->groups_busy = false;
+    if (a->stopping)
+        return;
+    if (status == -ETIMEDOUT) {
+        agent_groups_watch(a);
+        return;
+    }
+    if (status || http_status != 200) {
+        log_debug("agent", "routing group watch failed: %s",
+                  status ? err_str(err, status) : json_str(body, "error"));
+        uv_timer_start(&a->groups_retry, agent_groups_retry_fire, AGENT_RETRY_MS, 0);
+        return;
+    }
+    agent_groups_apply(a, json_object_get(body, "groups"));
+    if (index > a->groups_index)
+        a->groups_index = index;
+    agent_groups_watch(a);
+}
+
+static void agent_groups_watch(agent_t *a)
+{
+    if (a->stopping || a->groups_busy)
+        return;
+    a->groups_busy = true;
+    char *path = a->groups_index ? xasprintf("/v1/groups?index=%" PRId64 "&wait=%s",
+                                             a->groups_index, AGENT_WATCH_WAIT)
+                                 : xstrdup("/v1/groups");
+    remote_call(a, "GET", path, NULL, AGENT_WATCH_TIMEOUT_MS, agent_groups_done, NULL);
+    free(path);
+}
+
 /* ---- removal of stopped instances ---- */
 
 static int agent_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -670,6 +758,10 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     uv_timer_init(loop, &a->retry);
     a->heartbeat.data = a->retry.data = a;
     uv_timer_start(&a->heartbeat, agent_heartbeat_tick, AGENT_HEARTBEAT_MS, AGENT_HEARTBEAT_MS);
+    uv_timer_init(loop, &a->groups_retry);
+    a->groups_retry.data = a;
+    a->groups_known = json_object();
+    agent_groups_watch(a);
     agent_adopt_all(a);
     log_info("agent", "node %s starting: server %s, ports %d-%d, labels %s, locator %s", a->node_id,
              opts->server_url, lo, hi, opts->labels && *opts->labels ? opts->labels : "none",
@@ -723,6 +815,7 @@ void agent_maybe_done(agent_t *a)
     void (*done)(void *) = a->stop_done;
     void *data = a->stop_data;
     json_decref(a->labels);
+    json_decref(a->groups_known);
     ports_free(&a->ports);
     loc_table_free(a->table);
     free(a->node_id);
@@ -747,7 +840,7 @@ static void agent_stop_now(agent_t *a)
         a->insts = next;
         inst_detach(in);
     }
-    a->closing_handles += 4;
+    a->closing_handles += 5;
     if (a->announcer) {
         a->closing_handles++;
         announce_sender_stop(a->announcer, agent_announcer_stopped, a);
@@ -757,6 +850,8 @@ static void agent_stop_now(agent_t *a)
     a->heartbeat.data = a->retry.data = a;
     uv_close((uv_handle_t *)&a->heartbeat, agent_handle_closed);
     uv_close((uv_handle_t *)&a->retry, agent_handle_closed);
+    a->groups_retry.data = a;
+    uv_close((uv_handle_t *)&a->groups_retry, agent_handle_closed);
     http_server_shutdown(a->http, 1000, agent_http_closed, a);
 }
 

@@ -89,6 +89,11 @@ typedef struct agent {
     uv_timer_t heartbeat;
     uv_timer_t retry;
     int64_t assign_index;
+    /* routing groups followed from /v1/groups and served by the locator */
+    uv_timer_t groups_retry;
+    int64_t groups_index;
+    bool groups_busy;
+    json_t *groups_known; /* name -> true, the groups set on the locator */
     bool registered;
     bool synced; /* got the first assignments answer since start */
     bool watch_busy;

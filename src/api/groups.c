@@ -562,12 +562,35 @@ static void group_start_get(api_t *api, http_req_t *req, const char *name, const
     }
 }
 
+/* The list is a blocking read (?index=N&wait=D): agents follow the
+ * groups this way to serve them from their own locators. */
+typedef struct group_list_wait {
+    api_t *api;
+    http_req_t *req;
+} group_list_wait_t;
+
+static void group_list_read(void *data)
+{
+    group_list_wait_t *w = data;
+    group_start_get(w->api, w->req, "", API_GROUPS_PREFIX, true, group_list_done);
+    free(w);
+}
+
+static void group_list_gone(void *data)
+{
+    free(data);
+}
+
 void api_groups_handle(api_t *api, http_req_t *req, const char *rest)
 {
     if (*rest == '\0' || strcmp(rest, "/") == 0) {
-        if (group_method(req, "GET"))
-            group_start_get(api, req, "", API_GROUPS_PREFIX, true, group_list_done);
-        else
+        if (group_method(req, "GET")) {
+            group_list_wait_t *w = xcalloc(1, sizeof(*w));
+            w->api = api;
+            w->req = req;
+            api_blocking_read(api, req, API_GROUPS_PREFIX, true, group_list_read, group_list_gone,
+                              w);
+        } else
             api_reply_method_not_allowed(api, req, "GET, HEAD");
         return;
     }

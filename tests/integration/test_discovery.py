@@ -246,3 +246,47 @@ def test_routing_groups_through_the_metalocator(drover):
     assert routing_update() == {"web": []}
     assert rpc_resolve(meta, "web")[1] == 1  # error: gone
     rs.close()
+
+
+def test_node_locator_serves_groups_and_own_services(drover):
+    """Every agent's own locator serves the routing groups too (followed from
+    /v1/groups), and the agent's own services are resolvable names."""
+    drover.post("/v1/apps", {"id": "/t/blue", "cmd": "exec sleep 1000"})
+    drover.post("/v1/apps", {"id": "/t/green", "cmd": "exec sleep 1000"})
+    blue = wait_for(lambda: healthy(drover, "/t/blue", 1), what="blue")[0]
+    green = wait_for(lambda: healthy(drover, "/t/green", 1), what="green")[0]
+    meta = f"127.0.0.1:{drover.meta_port}"
+    # The node's locator, found by name at the metalocator.
+    msg = wait_for(lambda: (lambda m: m if m[1] == 0 else None)(rpc_resolve(meta, "drover/locator")),
+                   what="drover/locator")
+    (lhost, lport), = msg[2][0]
+    node_loc = f"{lhost}:{lport}"
+    for own in ("drover/node", "drover/logging"):
+        m = rpc_resolve(node_loc, own)
+        assert m[1] == 0 and len(m[2][0]) == 1, m
+    # cluster at the metalocator: itself, then the node it links.
+    host, port = meta.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(msgpack.packb([1, 3, []]))
+    u = msgpack.Unpacker(raw=False)
+    while True:
+        got = next(iter(u), None)
+        if got:
+            break
+        u.feed(s.recv(65536))
+    s.close()
+    assert got[1] == 0 and len(got[2]) == 2, got
+    assert got[2][1][1] == [[lhost, lport]], got
+
+    drover.put("/v1/groups/ab", {"members": [{"target": "/t/blue", "weight": 100},
+                                             {"target": "/t/green", "weight": 0}]})
+
+    def pick():
+        m = rpc_resolve(node_loc, "ab")
+        return m[2][0][0][1] if m[1] == 0 else None
+    wait_for(lambda: pick() == blue["ports"][0], what="node locator serves the group")
+    drover.put("/v1/groups/ab", {"members": [{"target": "/t/blue", "weight": 0},
+                                             {"target": "/t/green", "weight": 100}]})
+    wait_for(lambda: pick() == green["ports"][0], what="the weight change at the node")
+    drover.delete("/v1/groups/ab")
+    wait_for(lambda: rpc_resolve(node_loc, "ab")[1] == 1, what="group gone at the node")
