@@ -1,4 +1,4 @@
-/* drover: one binary. `dev`, `server` and `agent` run processes; every
+/* drover: one binary. `dev`, `server`, `agent` and `gateway` run processes; every
  * other verb is the CLI (src/cli/). */
 #include "cli/cli.h"
 #include "core/alloc.h"
@@ -6,6 +6,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/str.h"
+#include "gateway/cmd.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -36,6 +37,7 @@ enum {
     K_DISCOVER,
     K_PEERS,
     K_DNS,
+    K_GATEWAY,
     K_CONFIG,
     K_COUNT
 };
@@ -44,8 +46,8 @@ static const char *const main_keys[] = {
     "data-dir",    "api",      "store",         "log-level", "log-format",
     "server",      "labels",   "advertise",     "listen",    "ports",
     "harden",      "locator",  "drain-timeout", "announce",  "announce-interval",
-    "announce-if", "discover", "peers",         "dns",       "config",
-    NULL};
+    "announce-if", "discover", "peers",         "dns",       "gateway",
+    "config",      NULL};
 _Static_assert(sizeof(main_keys) / sizeof(*main_keys) == K_COUNT + 1,
                "main_keys must list every K_ flag");
 
@@ -60,7 +62,7 @@ static bool main_key_allowed(const char *verb, int k)
     if (!strcmp(verb, "agent"))
         return k >= K_SERVER && k <= K_ANNOUNCE_IF;
     return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN || k == K_LOCATOR ||
-           k == K_DRAIN || k == K_DNS; /* dev */
+           k == K_DRAIN || k == K_DNS || k == K_GATEWAY; /* dev */
 }
 
 static void main_process_usage(FILE *out, const char *verb)
@@ -69,11 +71,12 @@ static void main_process_usage(FILE *out, const char *verb)
         fprintf(
             out,
             "usage: drover dev [--data-dir DIR] [--api ADDR] [--ports LO-HI] [--labels K=V,...]\n"
-            "                  [--locator ADDR] [--dns ADDR] [--drain-timeout D]\n"
+            "                  [--locator ADDR] [--dns ADDR] [--gateway ADDR] [--drain-timeout D]\n"
             "                  [--log-level L] [--log-format F]\n"
             "\n"
             "Run all of drover in one process on this machine: the control plane (embedded\n"
-            "SQLite store, HTTP API, placement) and a node agent that runs the instances.\n"
+            "SQLite store, HTTP API, placement), a node agent that runs the instances and a\n"
+            "gateway that routes HTTP to them.\n"
             "Ctrl-C stops the instances too.\n"
             "\n"
             "  --data-dir DIR    where state is kept (default ./.drover)\n"
@@ -84,6 +87,8 @@ static void main_process_usage(FILE *out, const char *verb)
             "  --locator ADDR    the (meta)locator routers and `drover resolve` ask, msgpack RPC\n"
             "                    (default 127.0.0.1:10053)\n"
             "  --dns ADDR        DNS for services (default 127.0.0.1:8600; \"off\" disables)\n"
+            "  --gateway ADDR    HTTP gateway routing to apps by their routes (default\n"
+            "                    127.0.0.1:8080; \"off\" disables)\n"
             "  --drain-timeout D how long a stopping instance waits for routers to confirm its\n"
             "                    removal before SIGTERM (default 5s)\n"
             "  --log-level L     debug, info, warn, error (default info)\n"
@@ -305,6 +310,11 @@ static int main_process(int argc, char **argv)
         if (!dev)
             so.meta_addr = vals[K_LOCATOR];
     }
+    if (dev) {
+        so.gateway_addr = vals[K_GATEWAY] ? vals[K_GATEWAY] : "127.0.0.1:8080";
+        if (!strcmp(so.gateway_addr, "off"))
+            so.gateway_addr = NULL;
+    }
     rc = server_run(&so);
     free(dev_agent_dir);
     free(dev_server_url);
@@ -325,5 +335,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "dev") || !strcmp(argv[1], "server") || !strcmp(argv[1], "agent"))
         return main_process(argc, argv);
+    if (!strcmp(argv[1], "gateway"))
+        return gateway_cmd_main(argc, argv);
     return cli_main(argc, argv);
 }

@@ -2,9 +2,10 @@
 """test-server: the field report's example service, for drover.
 
 An HTTP app that shows its environment (GET /), answers its health check
-(GET /healthcheck), and on SIGTERM starts failing its health check while it
-finishes the requests in flight, then exits: what a well-behaved service
-does during a rolling upgrade.
+(GET /healthcheck), says which process answered (GET /whoami), and on
+SIGTERM starts failing its health check while it finishes the requests in
+flight, then exits: what a well-behaved service does during a rolling
+upgrade.
 
 Listens on $PORT0 (or $PORT, or 3000). GET /slow?ms=N answers after N ms,
 to have requests in flight.
@@ -25,6 +26,9 @@ lock = threading.Lock()
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "test-server/1.0"
+    # Head and body leave in one write (flushed after each request): two
+    # small writes would meet Nagle and the peer's delayed ACK, 40 ms each.
+    wbufsize = 64 * 1024
 
     def log_message(self, fmt, *args):
         sys.stdout.write("%s %s\n" % (self.address_string(), fmt % args))
@@ -56,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
                         ms = min(int(part[3:] or 0), 60000)
                 time.sleep(ms / 1000)
                 self.reply(200, '{"slept_ms": %d}\n' % ms)
+            elif path == "/whoami":
+                self.reply(200, '{"pid": %d}\n' % os.getpid())
             elif path == "/":
                 env = {k: v for k, v in sorted(os.environ.items())}
                 self.reply(200, json.dumps({"pid": os.getpid(), "env": env}, indent=2) + "\n")

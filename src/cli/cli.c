@@ -32,6 +32,7 @@ void cli_usage(FILE *out)
           "  dev                      run server, agent and gateway in one process (SQLite store)\n"
           "  server                   run the control plane (API, store, scheduler)\n"
           "  agent                    run a node agent that runs instances (--server URL)\n"
+          "  gateway                  run the HTTP/TCP router (--metalocator HOST:PORT)\n"
           "\n"
           "Apps:\n"
           "  apps                     list apps\n"
@@ -279,7 +280,8 @@ int cli_main(int argc, char **argv)
     }
     const cli_verb_t *v = cli_verb_find(verb);
     if (!v) {
-        if (strcmp(verb, "dev") == 0 || strcmp(verb, "server") == 0 || strcmp(verb, "agent") == 0)
+        if (strcmp(verb, "dev") == 0 || strcmp(verb, "server") == 0 || strcmp(verb, "agent") == 0 ||
+            strcmp(verb, "gateway") == 0)
             fprintf(stderr,
                     "drover: '%s' must be the first argument (it takes --api ADDR, not --addr)\n",
                     verb);

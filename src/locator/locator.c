@@ -1555,14 +1555,15 @@ static int loc_client_connect(const char *host_port, int64_t deadline, int *fd_o
     return 0;
 }
 
-/* value [[[host, port]...], version, api] */
+/* value [[[host, port]...], version, api, attrs?] (attrs, the routers'
+ * business, are not kept) */
 static int loc_parse_value(const rpc_msg_t *m, const char *where, loc_resolved_t *out, err_t *err)
 {
     err_t e = {0};
     const msgpack_object_array *eps;
     const char *api;
     size_t alen;
-    if (rpc_args_count(m, 3, 3, &e) < 0 || rpc_arg_array(m, 0, &eps, &e) < 0 ||
+    if (rpc_args_count(m, 3, 4, &e) < 0 || rpc_arg_array(m, 0, &eps, &e) < 0 ||
         rpc_arg_int(m, 1, &out->version, &e) < 0 || rpc_arg_str(m, 2, &api, &alen, &e) < 0)
         return err_set(err, -EPROTO, "locator %s answered a malformed value: %s", where, e.msg);
     out->eps = xcalloc(eps->size ? eps->size : 1, sizeof(*out->eps));

@@ -5,6 +5,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/str.h"
+#include "gateway/gateway.h"
 #include "http/server.h"
 #include "locator/announce.h"
 #include "locator/dns.h"
@@ -35,6 +36,7 @@ typedef struct server {
     loc_server_t *meta_loc; /* serves `merged` to routers and `drover resolve` */
     registry_t *registry;
     announce_listener_t *listener; /* multicast discovery (opt-in) */
+    gateway_t *gateway;            /* dev: routes HTTP to what the metalocator knows */
     const server_options_t *opts;
     bool stopping;
 } server_t;
@@ -175,6 +177,26 @@ static void server_dns_stopped(void *data)
         server_agent_stopped(s);
 }
 
+static void server_gateway_stopped(void *data)
+{
+    server_t *s = data;
+    s->gateway = NULL;
+    if (s->dns)
+        dns_server_stop(s->dns, server_dns_stopped, s);
+    else
+        server_dns_stopped(s);
+}
+
+/* The gateway goes first: its in-flight requests finish while every
+ * backend still runs. */
+static void server_stop_gateway(server_t *s)
+{
+    if (s->gateway)
+        gateway_stop(s->gateway, s->opts->shutdown_grace_ms, server_gateway_stopped, s);
+    else
+        server_gateway_stopped(s);
+}
+
 /* First signal: drain. A second signal while draining exits at once, as
  * operators expect. */
 static void server_on_signal(uv_signal_t *h, int signum)
@@ -186,10 +208,34 @@ static void server_on_signal(uv_signal_t *h, int signum)
     }
     s->stopping = true;
     log_info("server", "%s received, shutting down", strsignal(signum));
-    if (s->dns)
-        dns_server_stop(s->dns, server_dns_stopped, s);
-    else
-        server_dns_stopped(s);
+    server_stop_gateway(s);
+}
+
+typedef struct cluster_walk {
+    void (*add)(void *ctx, const char *id, const char *host, int port);
+    void *ctx;
+} cluster_walk_t;
+
+static int server_cluster_node(const meta_node_info_t *n, void *data)
+{
+    cluster_walk_t *w = data;
+    char *host = NULL;
+    int port = 0;
+    if (str_split_hostport(n->addr, &host, &port) == 0)
+        w->add(w->ctx, n->id, host, port);
+    free(host);
+    return 0;
+}
+
+/* `cluster` at the metalocator: every node it links, after itself. */
+static void server_cluster(void *data,
+                           void (*add)(void *ctx, const char *id, const char *host, int port),
+                           void *ctx)
+{
+    server_t *s = data;
+    cluster_walk_t w = {add, ctx};
+    if (s->meta)
+        meta_nodes_foreach(s->meta, server_cluster_node, &w);
 }
 
 static int server_start_control_plane(server_t *s, err_t *err)
@@ -222,7 +268,7 @@ static int server_start_control_plane(server_t *s, err_t *err)
     /* The metalocator: links every registered node's locator, merges their
      * tables and serves the result, so routers and DNS need one address. */
     s->merged = loc_table_new();
-    loc_server_opts_t lo = {0};
+    loc_server_opts_t lo = {.cluster = server_cluster, .data = s};
     const char *maddr = opts->meta_addr ? opts->meta_addr : "0.0.0.0:10053";
     rc = loc_server_start(&s->loop, maddr, s->merged, &lo, &s->meta_loc, err);
     if (rc)
@@ -309,10 +355,22 @@ int server_run(const server_options_t *opts)
             log_info("server", "DNS on %s:%d (names like web.production.drover.)", opts->dns_addr,
                      dns_server_port(s.dns));
     }
+    if (!rc && opts->gateway_addr && s.meta_loc) {
+        char *meta = xasprintf("127.0.0.1:%d", loc_server_port(s.meta_loc));
+        gateway_opts_t go = {.metalocator = meta, .uuid = "dev-gateway"};
+        go.proxy.http_addr = opts->gateway_addr;
+        rc = gateway_start(&s.loop, &go, &s.gateway, &err);
+        free(meta);
+        if (rc)
+            err_wrap(&err, rc, "gateway on %s", opts->gateway_addr);
+        else
+            log_info("server", "gateway on http://%s (apps' routes; Host header picks the app)",
+                     opts->gateway_addr);
+    }
     if (rc) {
         log_error("server", "%s", err_str(&err, rc));
         s.stopping = true;
-        server_dns_stopped(&s);
+        server_stop_gateway(&s);
         uv_run(&s.loop, UV_RUN_DEFAULT);
         uv_loop_close(&s.loop);
         return rc;

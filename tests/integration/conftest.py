@@ -40,6 +40,7 @@ class Drover:
         self.log_path = os.path.join(tmp, f"drover-{self.port}.log")
         self.dns_port = free_port()
         self.meta_port = free_port()
+        self.gateway_port = free_port()
 
     def start(self, wait=True):
         extra = []
@@ -50,6 +51,8 @@ class Drover:
                 extra += ["--locator", f"127.0.0.1:{self.meta_port}"]
             if "--dns" not in self.args:
                 extra += ["--dns", f"127.0.0.1:{self.dns_port}"]
+            if "--gateway" not in self.args:
+                extra += ["--gateway", f"127.0.0.1:{self.gateway_port}"]
         cmd = [BIN, self.verb, "--data-dir", self.data_dir, "--api", self.addr] + extra + self.args
         self.log = open(self.log_path, "ab")
         env = dict(os.environ)
