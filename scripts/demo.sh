@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${DROVER_BIN:-$PWD/bin/drover}
 ADDR=${DEMO_ADDR:-127.0.0.1:7400}
 DATA=${DEMO_DATA:-$PWD/.drover/demo}
+GATEWAY=${DEMO_GATEWAY:-127.0.0.1:8080}
 export DROVER_ADDR="http://$ADDR"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -16,7 +17,7 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 rm -rf "$DATA"
 mkdir -p "$DATA"
 say "starting drover dev (API $DROVER_ADDR, data in $DATA)"
-"$BIN" dev --data-dir "$DATA" --api "$ADDR" >"$DATA/drover.log" 2>&1 &
+"$BIN" dev --data-dir "$DATA" --api "$ADDR" --gateway "$GATEWAY" >"$DATA/drover.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; true; }
 trap cleanup EXIT
@@ -71,6 +72,14 @@ curl -s "http://127.0.0.1:$port/healthcheck"
 printf '$ curl -s http://127.0.0.1:%s/ | grep -E "PORT0|MARATHON_APP_ID|DROVER_INSTANCE_ID"\n' "$port"
 curl -s "http://127.0.0.1:$port/" | grep -E '"(PORT0|MARATHON_APP_ID|DROVER_INSTANCE_ID)"'
 run "$BIN" logs /app/demo/test-server --tail 3
+
+say "the gateway routes by Host to the healthy instances (the app's \"routes\")"
+for _ in 1 2 3 4; do
+    printf '$ curl -s -H "Host: test-server.demo.local" http://%s/whoami\n' "$GATEWAY"
+    curl -s -H "Host: test-server.demo.local" "http://$GATEWAY/whoami"
+done
+printf '$ curl -s -H "Host: nobody.local" http://%s/\n' "$GATEWAY"
+curl -s -H "Host: nobody.local" "http://$GATEWAY/"; echo
 
 say "every change is an event (replayed here from revision 1)"
 "$BIN" events --from 1 --type app,kv &
