@@ -776,7 +776,9 @@ gw_snapshot_t *gw_builder_finish(gw_builder_t *b, uint64_t revision)
         for (size_t k = 0; k < g->n; k++) {
             gw_pool_t key = {.name = g->members[k]};
             const gw_pool_t *kp = &key;
-            const gw_pool_t **p = bsearch(&kp, s->pools, s->n_pools, sizeof(gw_pool_t *), pool_cmp);
+            const gw_pool_t **p =
+                s->n_pools ? bsearch(&kp, s->pools, s->n_pools, sizeof(gw_pool_t *), pool_cmp)
+                           : NULL;
             g->pools[k] = p ? *p : NULL;
         }
     }

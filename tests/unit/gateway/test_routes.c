@@ -380,6 +380,22 @@ static void test_backends_carry_over(void **state)
     gw_snapshot_unref(s2);
 }
 
+/* A group whose members have no pools at all (no app has instances yet). */
+static void test_group_without_pools(void **state)
+{
+    (void)state;
+    gw_builder_t *b = gw_builder_new(NULL);
+    gw_group_member_in_t m[] = {{"/a@1", 1}, {"/a@2", 1}};
+    assert_int_equal(gw_builder_group(b, "g", m, 2, NULL), 0);
+    gw_route_in_t r = {.app = "/a", .host = "a.local", .group = "g"};
+    assert_int_equal(gw_builder_route(b, &r, NULL), 0);
+    gw_snapshot_t *s = gw_builder_finish(b, 1);
+    const gw_route_t *rt = gw_snapshot_match(s, "a.local", 7, "/", 1);
+    assert_non_null(rt);
+    assert_null(gw_route_pool(s, rt, "x", 1));
+    gw_snapshot_unref(s);
+}
+
 static void test_builder_free_unfinished(void **state)
 {
     (void)state;
@@ -403,6 +419,7 @@ int main(void)
         cmocka_unit_test(test_hash_consistent),
         cmocka_unit_test(test_group_split),
         cmocka_unit_test(test_backends_carry_over),
+        cmocka_unit_test(test_group_without_pools),
         cmocka_unit_test(test_builder_free_unfinished),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
