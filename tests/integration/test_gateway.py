@@ -361,3 +361,108 @@ def test_gateway_flags():
     r = subprocess.run([BIN, "gateway", "--threads", "0", "--route", "=127.0.0.1:1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--threads" in r.stderr
+
+
+def ws_accept(key):
+    import base64
+    import hashlib
+    magic = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    return base64.b64encode(hashlib.sha1(key.encode() + magic).digest()).decode()
+
+
+def ws_echo_backend(listener):
+    """One WebSocket connection: answer the upgrade, then echo each frame
+    back unmasked (enough of RFC 6455 for short text frames)."""
+    conn, _ = listener.accept()
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        lines = head.decode().split("\r\n")
+        hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+        assert hdrs.get("upgrade", "").lower() == "websocket", hdrs
+        conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                      f"{ws_accept(hdrs['sec-websocket-key'])}\r\n\r\n").encode())
+        while True:
+            hdr = conn.recv(2)
+            if len(hdr) < 2:
+                return
+            n = hdr[1] & 0x7F
+            mask = conn.recv(4)
+            data = b""
+            while len(data) < n:
+                data += conn.recv(n - len(data))
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            conn.sendall(bytes([0x81, len(payload)]) + payload)
+
+
+def test_websocket_upgrade_is_tunnelled(gateway):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    bport = listener.getsockname()[1]
+    t = threading.Thread(target=ws_echo_backend, args=(listener,), daemon=True)
+    t.start()
+    g = gateway(["--route", f"ws.test=127.0.0.1:{bport}"])
+    s = socket.create_connection(("127.0.0.1", g.http_port), timeout=10)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    s.sendall((f"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert ws_accept(key).encode() in head
+    for text in (b"hello", b"through the gateway", b"x" * 100):
+        mask = os.urandom(4)
+        s.sendall(bytes([0x81, 0x80 | len(text)]) + mask +
+                  bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+        got = b""
+        while len(got) < 2 + len(text):
+            got += s.recv(4096)
+        assert got == bytes([0x81, len(text)]) + text
+    s.close()
+    t.join(5)
+    listener.close()
+
+
+def test_holds_10k_idle_keepalive_connections(gateway):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 10000 + 500
+    if hard < want:
+        pytest.fail(f"RLIMIT_NOFILE hard limit {hard} is below {want}: cannot hold 10k connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    backend_port = free_port()
+    env = dict(os.environ, PORT0=str(backend_port))
+    backend = subprocess.Popen(["python3", SERVER_PY], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    socks = []
+    try:
+        wait_for(lambda: routed(backend_port, None, "/healthcheck"), what="backend")
+        g = gateway(["--route", f"=127.0.0.1:{backend_port}", "--threads", "2"])
+        req = b"GET /healthcheck HTTP/1.1\r\nHost: idle.test\r\n\r\n"
+        for i in range(10000):
+            s = socket.create_connection(("127.0.0.1", g.http_port), timeout=10)
+            socks.append(s)
+            if i % 100 == 0:  # some have had a request: keep-alive, then idle
+                s.sendall(req)
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(1)
+        # Every connection is still open: a request on a sample of them works.
+        for s in random.sample(socks, 200):
+            s.sendall(req)
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+        status = json.loads(g.admin("/status"))
+        assert status["routes"], status
+        with open(f"/proc/{g.proc.pid}/status") as f:
+            rss = [l for l in f if l.startswith("VmRSS")][0]
+        print("gateway with 10k idle connections:", rss.strip())
+    finally:
+        for s in socks:
+            s.close()
+        backend.terminate()
+        backend.wait()
