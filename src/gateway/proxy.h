@@ -24,6 +24,20 @@
  * response byte (the backend closed it while idle: a fresh connection to
  * the same backend is tried once).
  *
+ * Tunnels (WebSocket after a 101, L4 routes): when either side ends, what
+ * it sent is delivered and both sides are closed (no half-close).
+ *
+ * Client aborts are noticed when the next read or write on the client
+ * fails: a connection whose request has been read whole is not watched
+ * until its response is out (as HAProxy without abortonclose), which keeps
+ * a connection-per-request client free of epoll registrations.
+ *
+ * The access log is written with stdio from the threads' loops once per
+ * loop turn: give it a regular file, not a pipe that can block.
+ *
+ * Listeners use SO_REUSEPORT: a second process binding the same address as
+ * the same user shares the port rather than failing.
+ *
  * Threading of the API: every function is called from threads that are not
  * proxy threads (the owner's loop, main). */
 #ifndef DROVER_GATEWAY_PROXY_H
@@ -54,7 +68,9 @@ typedef struct gw_proxy_opts {
     size_t max_connections;       /* client connections per process; 0: 10000 per thread (-> 503) */
     size_t pool_idle_per_backend; /* idle backend connections kept per thread per backend; 0: 64 */
     FILE *access_log;             /* NULL: off; JSON lines (not closed by the proxy) */
-    bool proxy_protocol;          /* PROXY protocol v1 header on new backend connections */
+    /* PROXY protocol v1 header on each backend connection; such a
+     * connection speaks for one client, so it is never pooled */
+    bool proxy_protocol;
     /* Called (on a proxy thread) once every proxy thread routes with a
      * snapshot of at least `revision`: new requests no longer see older
      * tables (drain confirmation). NULL: none. Must not block. */

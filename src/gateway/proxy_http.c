@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 enum { CB_NONE, CB_FIELD, CB_VALUE };
@@ -192,6 +193,33 @@ static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
 }
 
+static void client_on_close(uv_handle_t *h);
+
+/* Give the connection its libuv handle the first time it has to wait on
+ * the socket (for bytes, or for room to write). A connection-per-request
+ * client usually never needs one: its request is read right after accept,
+ * its response written with one sendmsg and the socket closed with
+ * close(2), which saves setting up a handle, an ioctl and an epoll_ctl per
+ * connection. */
+static bool client_attach(gw_client_t *c)
+{
+    if (c->has_tcp)
+        return true;
+    if (c->fd < 0)
+        return false;
+    uv_tcp_init(&c->t->loop, &c->tcp);
+    c->tcp.data = c;
+    c->has_tcp = true;
+    c->open_handles++;
+    if (uv_tcp_open(&c->tcp, c->fd) != 0) {
+        close(c->fd);
+        c->fd = -1;
+        gw_client_close(c);
+        return false;
+    }
+    return true;
+}
+
 /* Read only when there is room and the bytes can be used: the buffer is
  * also the backpressure bound (a full buffer stops reading). */
 void gw_client_read_update(gw_client_t *c)
@@ -211,6 +239,8 @@ void gw_client_read_update(gw_client_t *c)
         return;
     }
     if (want && !c->reading) {
+        if (!client_attach(c))
+            return;
         if (uv_read_start((uv_stream_t *)&c->tcp, client_alloc, client_on_read) == 0)
             c->reading = true;
     } else if (!want && c->reading) {
@@ -242,6 +272,39 @@ void gw_client_write(gw_client_t *c, gw_wslot_t *s)
                 (void)buf_append(&d->out, s->iov[i].base, s->iov[i].len);
         gw_defer_complete(c->t, s, 0);
         return;
+    }
+    if (!c->has_tcp && !c->closing) {
+        /* no handle yet: write with a plain syscall, and take a handle only
+         * if the kernel does not take everything */
+        size_t total = 0;
+        for (unsigned i = 0; i < s->n; i++)
+            total += s->iov[i].len;
+        struct msghdr mh = {.msg_iov = (struct iovec *)s->iov, .msg_iovlen = s->n};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (w >= 0 && (size_t)w == total) {
+            gw_defer_complete(c->t, s, 0);
+            return;
+        }
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            gw_defer_complete(c->t, s, uv_translate_sys_error(errno));
+            return;
+        }
+        if (w > 0) {
+            size_t left = (size_t)w;
+            unsigned first = 0;
+            while (left >= s->iov[first].len) {
+                left -= s->iov[first].len;
+                first++;
+            }
+            s->iov[first].base += left;
+            s->iov[first].len -= left;
+            memmove(s->iov, s->iov + first, (s->n - first) * sizeof(s->iov[0]));
+            s->n -= first;
+        }
+        if (!client_attach(c)) {
+            gw_defer_complete(c->t, s, UV_ECANCELED);
+            return;
+        }
     }
     gw_stream_write(c->t, s, (uv_stream_t *)&c->tcp, client_write_cb, c->closing);
 }
@@ -279,7 +342,7 @@ void gw_client_write_done(gw_client_t *c, gw_wslot_t *s, int status)
 
 static void client_on_close(uv_handle_t *h)
 {
-    gw_client_t *c = h->data;
+    gw_client_t *c = h->data; /* the tcp handle or the timer */
     c->open_handles--;
     gw_client_close(c);
 }
@@ -354,7 +417,12 @@ void gw_client_close(gw_client_t *c)
             if (c->reading)
                 uv_read_stop((uv_stream_t *)&c->tcp);
             c->reading = false;
-            uv_close((uv_handle_t *)&c->tcp, client_on_close);
+            if (c->has_tcp) {
+                uv_close((uv_handle_t *)&c->tcp, client_on_close);
+            } else if (c->fd >= 0) {
+                close(c->fd);
+            }
+            c->fd = -1;
             uv_close((uv_handle_t *)&c->timer, client_on_close);
         }
     }
@@ -384,6 +452,8 @@ static void client_linger_close(gw_client_t *c)
     c->state = CS_CLOSED;
     c->lingering = true;
     c->in_len = c->in_off = 0;
+    if (!client_attach(c))
+        return;
     uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, NULL);
     gw_client_set_deadline(c, LINGER_MS, TMO_LINGER);
     gw_client_read_update(c);
@@ -1724,8 +1794,9 @@ void gw_client_end_request(gw_client_t *c)
     if (c->up) {
         gw_upstream_t *u = c->up;
         c->up = NULL;
+        /* a PROXY protocol connection speaks for one client: never pooled */
         bool reusable = u->resp_done && c->req_done && gw_up_keep_ok(u) && !c->upgrade &&
-                        c->state != CS_TUNNEL &&
+                        c->state != CS_TUNNEL && !t->p->o.proxy_protocol &&
                         (c->sref == t->cur || gw_snapshot_has_backend(t->cur->s, u->b));
         u->c = NULL;
         gw_up_release(u, reusable);
@@ -1777,6 +1848,7 @@ gw_client_t *gw_client_new(gw_thread_t *t)
         buf_init(&c->err, 4096);
     }
     c->t = t;
+    c->fd = -1;
     c->slot.dir = GW_SLOT_TO_CLIENT;
     c->slot.owner = c;
     c->tcp.data = c;
@@ -1814,14 +1886,9 @@ void gw_client_accept(gw_thread_t *t, int fd, const struct sockaddr_storage *pee
 {
     gw_proxy_t *p = t->p;
     gw_client_t *c = gw_client_new(t);
-    uv_tcp_init(&t->loop, &c->tcp);
     uv_timer_init(&t->loop, &c->timer);
-    c->open_handles = 2;
-    if (uv_tcp_open(&c->tcp, fd) != 0) {
-        close(fd);
-        gw_client_close(c);
-        return;
-    }
+    c->open_handles = 1; /* the socket's handle comes later if needed */
+    c->fd = fd;
     addr_text(peer, c->addr, sizeof(c->addr), &c->peer_port);
     c->internal = internal;
     c->port = port;

@@ -197,7 +197,9 @@ struct gw_upstream {
 };
 
 struct gw_client {
-    uv_tcp_t tcp;
+    uv_tcp_t tcp; /* attached lazily (has_tcp): see client_attach */
+    int fd;       /* the socket; -1 when detached or closed */
+    bool has_tcp;
     uv_timer_t timer;
     gw_thread_t *t;
     gw_client_t *prev, *next;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 static size_t pool_bucket(const gw_backend_t *b)
 {
@@ -197,10 +198,10 @@ static void up_on_connect(uv_connect_t *req, int status)
 static void up_proxy_line(gw_upstream_t *u, gw_client_t *c)
 {
     struct sockaddr_storage ss;
-    int sl = sizeof(ss);
+    socklen_t ssl = sizeof(ss);
     char dst[GW_ADDR_MAX] = "";
     int dport = 0;
-    if (!c->t->detached && uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+    if (c->fd >= 0 && getsockname(c->fd, (struct sockaddr *)&ss, &ssl) == 0) {
         if (ss.ss_family == AF_INET) {
             uv_ip4_name((struct sockaddr_in *)&ss, dst, sizeof(dst));
             dport = ntohs(((struct sockaddr_in *)&ss)->sin_port);
@@ -312,6 +313,8 @@ void gw_up_write_done(gw_upstream_t *u, gw_wslot_t *s, int status)
     }
     if (u->c)
         gw_client_up_write_done(u->c, status);
+    else
+        gw_up_unlock(u); /* a release may have waited for this write */
 }
 
 void gw_up_begin_response(gw_upstream_t *u, bool head_request)
