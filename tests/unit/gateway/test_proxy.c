@@ -85,6 +85,16 @@ static ssize_t read_head(int fd, char *buf, size_t cap, size_t *have)
     }
 }
 
+/* The decimal number at p (at most n bytes): the buffers here are not
+ * NUL-terminated, so atoi/strtol could read past their end. */
+static long digits(const char *p, size_t n)
+{
+    long v = 0;
+    for (size_t i = 0; i < n && p[i] >= '0' && p[i] <= '9' && v < 1000000000L; i++)
+        v = v * 10 + (p[i] - '0');
+    return v;
+}
+
 static const char *hdr_find(const char *head, size_t hl, const char *name, size_t *vl)
 {
     size_t nl = strlen(name);
@@ -194,7 +204,7 @@ static void *bconn_main(void *arg)
         const char *v;
         bool chunked = (v = hdr_find(buf, (size_t)hl, "Transfer-Encoding", &vl)) && vl >= 7 &&
                        strncasecmp(v, "chunked", 7) == 0;
-        long cl = (v = hdr_find(buf, (size_t)hl, "Content-Length", &vl)) ? strtol(v, NULL, 10) : 0;
+        long cl = (v = hdr_find(buf, (size_t)hl, "Content-Length", &vl)) ? digits(v, vl) : 0;
         bool expect = hdr_find(buf, (size_t)hl, "Expect", &vl) != NULL;
         char head_copy[8192];
         size_t hcl = (size_t)hl < sizeof(head_copy) ? (size_t)hl : sizeof(head_copy);
@@ -410,7 +420,7 @@ static bool read_resp(int fd, resp_t *r, bool head_req, char *carry, size_t *car
         ssize_t hl = read_head(fd, buf, sizeof(buf), &have);
         if (hl < 0)
             return false;
-        r->status = atoi(buf + 9);
+        r->status = digits(buf + 9, (size_t)hl > 9 ? (size_t)hl - 9 : 0);
         r->hl = (size_t)hl < sizeof(r->head) - 1 ? (size_t)hl : sizeof(r->head) - 1;
         memcpy(r->head, buf, r->hl);
         r->head[r->hl] = '\0';
@@ -427,7 +437,7 @@ static bool read_resp(int fd, resp_t *r, bool head_req, char *carry, size_t *car
             return true;
         if (chunked || v)
             return read_body(fd, buf, (size_t)hl, have, &r->body, chunked,
-                             v ? strtol(v, NULL, 10) : 0);
+                             v ? digits(v, vl) : 0);
         /* close-delimited */
         (void)buf_append(&r->body, buf + hl, have - (size_t)hl);
         for (;;) {
