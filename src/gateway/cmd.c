@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #define GW_ROUTES_MAX 256
+#define GW_CERTS_MAX  256
 
 static void gw_usage(FILE *out)
 {
@@ -26,7 +27,14 @@ static void gw_usage(FILE *out)
           "\n"
           "  --metalocator HOST:PORT  where to follow the cluster's table (a server's\n"
           "                           --locator, 10053); without it only --route serves\n"
-          "  --http ADDR              HTTP listen address (default 0.0.0.0:80)\n"
+          "  --http ADDR              HTTP listen address (default 0.0.0.0:80; \"off\": none)\n"
+          "  --https ADDR             HTTPS listen address (needs --cert), e.g. 0.0.0.0:443\n"
+          "  --cert [HOST=]CERT,KEY   PEM certificate chain and key, repeatable: HOST is a\n"
+          "                           name or *.wildcard picked by the client's SNI; without\n"
+          "                           HOST, the default certificate. Files are re-read on\n"
+          "                           SIGHUP and every 60s when they changed\n"
+          "  --hsts SECONDS           add Strict-Transport-Security: max-age=SECONDS to\n"
+          "                           HTTPS responses that have none\n"
           "  --route SPEC             a static route, repeatable: [HOST][/PATH]=IP:PORT[,IP:PORT]\n"
           "                           e.g. --route 'web.example.com/=10.0.0.5:8080,10.0.0.6:8080'\n"
           "  --internal               also listen on every app's internal port (routes with\n"
@@ -57,6 +65,27 @@ typedef struct gw_run {
     uint64_t drain_ms;
     bool stopping;
 } gw_run_t;
+
+/* "[HOST=]CERT,KEY" into c, pointing into s (modified). A HOST never
+ * holds '/', so "a=b/c.pem,k.pem" is a host, "./x=y.pem,k.pem" a path. */
+static int gw_cert_parse(char *s, gw_tls_cert_in_t *c)
+{
+    char *eq = strchr(s, '=');
+    char *comma = strrchr(s, ',');
+    c->host = NULL;
+    if (eq && (!comma || eq < comma) && memchr(s, '/', (size_t)(eq - s)) == NULL) {
+        *eq = '\0';
+        c->host = s;
+        s = eq + 1;
+    }
+    comma = strrchr(s, ',');
+    if (!comma || comma == s || !comma[1])
+        return -EINVAL;
+    *comma = '\0';
+    c->cert_file = s;
+    c->key_file = comma + 1;
+    return 0;
+}
 
 static void gw_on_stopped(void *data)
 {
@@ -90,12 +119,18 @@ static int gw_duration(const char *flag, const char *v, uint64_t *out)
     return 0;
 }
 
+static int gw_cmd_run(gateway_opts_t *op, const char **routes, size_t n_routes, const char *level,
+                      const char *format, const char *access_log, gw_run_t *rp);
+
 int gateway_cmd_main(int argc, char **argv)
 {
     gateway_opts_t o = {.admin_addr = "127.0.0.1:9080"};
     o.proxy.http_addr = "0.0.0.0:80";
     const char *routes[GW_ROUTES_MAX];
     size_t n_routes = 0;
+    gw_tls_cert_in_t certs[GW_CERTS_MAX];
+    char *cert_bufs[GW_CERTS_MAX];
+    size_t n_certs = 0;
     const char *level = NULL, *format = NULL, *access_log = NULL;
     gw_run_t r = {.drain_ms = 30000};
     int rc = 0;
@@ -103,7 +138,7 @@ int gateway_cmd_main(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             gw_usage(stdout);
-            return 0;
+            goto help;
         }
         if (!strcmp(a, "--internal")) {
             o.proxy.internal = true;
@@ -116,17 +151,41 @@ int gateway_cmd_main(int argc, char **argv)
         if (strncmp(a, "--", 2) != 0 || i + 1 >= argc) {
             fprintf(stderr, "drover gateway: %s %s (see drover gateway --help)\n",
                     strncmp(a, "--", 2) ? "unexpected argument" : "flag needs a value:", a);
-            return 2;
+            goto usage;
         }
         const char *v = argv[++i];
         if (!strcmp(a, "--metalocator"))
             o.metalocator = v;
         else if (!strcmp(a, "--http"))
-            o.proxy.http_addr = v;
-        else if (!strcmp(a, "--route")) {
+            o.proxy.http_addr = strcmp(v, "off") ? v : NULL;
+        else if (!strcmp(a, "--https"))
+            o.proxy.https_addr = v;
+        else if (!strcmp(a, "--cert")) {
+            if (n_certs == GW_CERTS_MAX) {
+                fprintf(stderr, "drover gateway: more than %d --cert flags\n", GW_CERTS_MAX);
+                rc = 2;
+                break;
+            }
+            cert_bufs[n_certs] = xstrdup(v);
+            if (gw_cert_parse(cert_bufs[n_certs], &certs[n_certs]) < 0) {
+                fprintf(stderr, "drover gateway: --cert %s: expected [HOST=]CERT.pem,KEY.pem\n", v);
+                free(cert_bufs[n_certs]);
+                rc = 2;
+                break;
+            }
+            n_certs++;
+        } else if (!strcmp(a, "--hsts")) {
+            int64_t sec;
+            if (str_to_i64(v, 1, INT64_MAX, &sec) < 0) {
+                fprintf(stderr, "drover gateway: --hsts %s: expected seconds, e.g. 31536000\n", v);
+                rc = 2;
+                break;
+            }
+            o.proxy.hsts_seconds = (uint64_t)sec;
+        } else if (!strcmp(a, "--route")) {
             if (n_routes == GW_ROUTES_MAX) {
                 fprintf(stderr, "drover gateway: more than %d --route flags\n", GW_ROUTES_MAX);
-                return 2;
+                goto usage;
             }
             routes[n_routes++] = v;
         } else if (!strcmp(a, "--internal-host"))
@@ -135,7 +194,7 @@ int gateway_cmd_main(int argc, char **argv)
             int64_t t;
             if (str_to_i64(v, 1, 256, &t) < 0) {
                 fprintf(stderr, "drover gateway: --threads %s: expected 1..256\n", v);
-                return 2;
+                goto usage;
             }
             o.proxy.threads = (int)t;
         } else if (!strcmp(a, "--admin"))
@@ -145,7 +204,7 @@ int gateway_cmd_main(int argc, char **argv)
         else if (!strcmp(a, "--max-body")) {
             if (str_to_size(v, &o.proxy.max_body_bytes) < 0 || !o.proxy.max_body_bytes) {
                 fprintf(stderr, "drover gateway: --max-body %s: expected a size like 10MiB\n", v);
-                return 2;
+                goto usage;
             }
         } else if (!strcmp(a, "--connect-timeout"))
             rc = gw_duration(a, v, &o.proxy.connect_timeout_ms);
@@ -163,11 +222,42 @@ int gateway_cmd_main(int argc, char **argv)
             format = v;
         else {
             fprintf(stderr, "drover gateway: unknown flag %s (see drover gateway --help)\n", a);
-            return 2;
+            goto usage;
         }
     }
-    if (rc)
-        return rc;
+    if (rc == 0 && o.proxy.https_addr && n_certs == 0) {
+        fprintf(stderr, "drover gateway: --https needs at least one --cert [HOST=]CERT,KEY\n");
+        rc = 2;
+    } else if (rc == 0 && !o.proxy.https_addr && (n_certs || o.proxy.hsts_seconds)) {
+        fprintf(stderr, "drover gateway: --cert and --hsts need --https ADDR\n");
+        rc = 2;
+    } else if (rc == 0 && !o.proxy.http_addr && !o.proxy.https_addr) {
+        fprintf(stderr, "drover gateway: --http off needs --https ADDR\n");
+        rc = 2;
+    }
+    o.certs = certs;
+    o.n_certs = n_certs;
+    rc = rc ? rc : gw_cmd_run(&o, routes, n_routes, level, format, access_log, &r);
+    goto out;
+help:
+    rc = 0;
+    goto out;
+usage:
+    rc = 2;
+out:
+    for (size_t i = 0; i < n_certs; i++)
+        free(cert_bufs[i]);
+    return rc;
+}
+
+/* Everything after flag parsing (so the flag storage is freed on every
+ * path by the caller). */
+static int gw_cmd_run(gateway_opts_t *op, const char **routes, size_t n_routes, const char *level,
+                      const char *format, const char *access_log, gw_run_t *rp)
+{
+    gateway_opts_t o = *op;
+    gw_run_t r = *rp;
+    int rc;
     log_level_t lv = LOG_INFO;
     log_format_t lf = LOG_TEXT;
     if (level && log_level_parse(level, &lv)) {

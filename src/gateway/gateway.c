@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +71,19 @@ struct gateway {
     uv_timer_t poll;
 
     http_server_t *admin;
+
+    /* HTTPS certificates (NULL without HTTPS) and their reloads */
+    gw_tls_ctx_t *tls;
+    uv_timer_t tls_timer;
+    uv_signal_t sighup;
+    uv_work_t tls_work;
+    bool tls_busy;      /* a reload runs in the thread pool */
+    bool tls_again;     /* another was asked for meanwhile */
+    bool tls_wait_stop; /* gateway_stop counts the running reload as a part */
+    const char *tls_why;
+    int tls_rc;
+    err_t tls_err;
+
     int open_handles;
     bool stopping;
     void (*done)(void *data);
@@ -522,11 +536,85 @@ static void admin_handler(http_req_t *req, void *data)
     }
 }
 
+/* ---- certificates ------------------------------------------------------------------ */
+
+/* In the thread pool: gw_tls_ctx_reload stats and reads files, which must
+ * block neither this loop (admin, metalocator) nor a proxy thread. */
+static void tls_reload_work(uv_work_t *w)
+{
+    gateway_t *g = w->data;
+    g->tls_err = (err_t){0};
+    g->tls_rc = gw_tls_ctx_reload(g->tls, &g->tls_err);
+}
+
+static void tls_reload_start(gateway_t *g, const char *why);
+static void gateway_part_done(void *data);
+
+static void tls_reload_done(uv_work_t *w, int status)
+{
+    gateway_t *g = w->data;
+    g->tls_busy = false;
+    if (g->tls_wait_stop) {
+        gateway_part_done(g);
+        return;
+    }
+    /* hosts that switched and files that failed are logged by the TLS
+     * layer itself; say what triggered it when someone asked */
+    if (status < 0)
+        log_warn("gateway", "tls: certificate reload (%s) did not run: %s", g->tls_why,
+                 uv_strerror(status));
+    else if (g->tls_rc < 0)
+        log_warn("gateway", "tls: certificate reload (%s): %s", g->tls_why, g->tls_err.msg);
+    else if (strcmp(g->tls_why, "timer") != 0)
+        log_info("gateway", "tls: certificates reloaded (%s)", g->tls_why);
+    if (g->tls_again && !g->stopping) {
+        g->tls_again = false;
+        tls_reload_start(g, "SIGHUP");
+    }
+}
+
+static void tls_reload_start(gateway_t *g, const char *why)
+{
+    if (!g->tls || g->stopping)
+        return;
+    if (g->tls_busy) {
+        g->tls_again = true;
+        return;
+    }
+    g->tls_busy = true;
+    g->tls_why = why;
+    g->tls_work.data = g;
+    if (uv_queue_work(g->loop, &g->tls_work, tls_reload_work, tls_reload_done) < 0)
+        g->tls_busy = false;
+}
+
+void gateway_tls_reload(gateway_t *g)
+{
+    tls_reload_start(g, "requested");
+}
+
+static void tls_on_timer(uv_timer_t *t)
+{
+    tls_reload_start(t->data, "timer");
+}
+
+static void tls_on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    log_info("gateway", "SIGHUP: reloading certificates");
+    tls_reload_start(h->data, "SIGHUP");
+}
+
 /* ---- lifecycle --------------------------------------------------------------------- */
 
 int gateway_http_port(const gateway_t *g)
 {
     return gw_proxy_http_port(g->proxy);
+}
+
+int gateway_https_port(const gateway_t *g)
+{
+    return gw_proxy_https_port(g->proxy);
 }
 
 int gateway_admin_port(const gateway_t *g)
@@ -549,6 +637,7 @@ static void gateway_free(gateway_t *g)
     free(g->groups);
     gw_snapshot_unref(g->snap);
     gw_proxy_free(g->proxy);
+    gw_tls_ctx_free(g->tls); /* after the proxy: its connections use it */
     if (g->feed)
         loc_table_free(g->feed);
     free((char *)g->opts.uuid);
@@ -610,6 +699,20 @@ int gateway_start(uv_loop_t *loop, const gateway_opts_t *opts, gateway_t **out, 
         snprintf(st->pool, sizeof(st->pool), "static:%zu", i);
     }
     g->feed = loc_table_new();
+    g->opts.certs = NULL;
+    g->opts.proxy.tls = NULL;
+    if (opts->proxy.https_addr) {
+        if (opts->n_certs == 0) {
+            gateway_free(g);
+            return err_set(err, -EINVAL, "https %s: no certificates given", opts->proxy.https_addr);
+        }
+        int trc = gw_tls_ctx_new(opts->certs, opts->n_certs, &g->tls, err);
+        if (trc < 0) {
+            gateway_free(g);
+            return trc;
+        }
+        g->opts.proxy.tls = g->tls;
+    }
     int rc = gw_proxy_start(&g->opts.proxy, &g->proxy, err);
     if (rc < 0) {
         gateway_free(g);
@@ -630,6 +733,17 @@ int gateway_start(uv_loop_t *loop, const gateway_opts_t *opts, gateway_t **out, 
     g->rebuild.data = g;
     uv_timer_init(loop, &g->poll);
     g->poll.data = g;
+    if (g->tls) {
+        uint64_t every = opts->tls_reload_ms ? opts->tls_reload_ms : 60000;
+        uv_timer_init(loop, &g->tls_timer);
+        g->tls_timer.data = g;
+        uv_timer_start(&g->tls_timer, tls_on_timer, every, every);
+        uv_unref((uv_handle_t *)&g->tls_timer);
+        uv_signal_init(loop, &g->sighup);
+        g->sighup.data = g;
+        uv_signal_start(&g->sighup, tls_on_sighup, SIGHUP);
+        uv_unref((uv_handle_t *)&g->sighup);
+    }
     g->feed_listener = loc_table_listen(g->feed, gateway_on_feed, g);
     if (opts->metalocator) {
         meta_opts_t mo = {.uuid = g->opts.uuid,
@@ -651,9 +765,15 @@ int gateway_start(uv_loop_t *loop, const gateway_opts_t *opts, gateway_t **out, 
         }
     }
     gateway_build(g); /* static routes serve at once */
-    log_info("gateway", "routing HTTP on port %d%s%s", gateway_http_port(g),
-             opts->metalocator ? ", following metalocator " : " (static routes only)",
-             opts->metalocator ? opts->metalocator : "");
+    if (g->tls)
+        log_info("gateway", "routing HTTP on port %d, HTTPS on port %d (%zu certificates)%s%s",
+                 gateway_http_port(g), gateway_https_port(g), opts->n_certs,
+                 opts->metalocator ? ", following metalocator " : " (static routes only)",
+                 opts->metalocator ? opts->metalocator : "");
+    else
+        log_info("gateway", "routing HTTP on port %d%s%s", gateway_http_port(g),
+                 opts->metalocator ? ", following metalocator " : " (static routes only)",
+                 opts->metalocator ? opts->metalocator : "");
     *out = g;
     return 0;
 }
@@ -670,6 +790,16 @@ void gateway_stop(gateway_t *g, uint64_t drain_ms, void (*done)(void *data), voi
     g->open_handles = 2;
     uv_close((uv_handle_t *)&g->rebuild, gateway_handle_closed);
     uv_close((uv_handle_t *)&g->poll, gateway_handle_closed);
+    if (g->tls) {
+        g->open_handles += 2;
+        uv_close((uv_handle_t *)&g->tls_timer, gateway_handle_closed);
+        uv_close((uv_handle_t *)&g->sighup, gateway_handle_closed);
+        if (g->tls_busy) {
+            /* the context is freed with the gateway: wait for the reload */
+            g->open_handles++;
+            g->tls_wait_stop = true;
+        }
+    }
     if (g->meta) {
         g->open_handles++;
         meta_stop(g->meta, gateway_part_done, g);

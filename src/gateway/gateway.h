@@ -13,6 +13,12 @@
  * once every proxy thread routes with a snapshot at least that new, so an
  * agent stopping an instance knows this gateway sends it nothing more.
  *
+ * HTTPS: with proxy.https_addr the gateway loads `certs` into a TLS
+ * context (gateway/tls.h) that it owns, and re-reads the files that
+ * changed every tls_reload_ms and on SIGHUP, in libuv's thread pool (file
+ * I/O never runs on the proxy threads or blocks this loop); new handshakes
+ * get the new certificate, established connections keep theirs.
+ *
  * Threading: gateway_* run on the loop given to gateway_start; the proxy
  * runs its own threads. */
 #ifndef DROVER_GATEWAY_GATEWAY_H
@@ -33,7 +39,11 @@ typedef struct gateway_opts {
     const char *admin_addr;      /* /metrics, /status, /healthz; NULL: none */
     const char *uuid;            /* subscriber id at the metalocator; NULL: "gateway-<hostname>" */
     uint64_t confirm_timeout_ms; /* bound on one drain confirmation; 0: 10 s */
-    gw_proxy_opts_t proxy;
+    /* certificates for proxy.https_addr (required with it; copied) */
+    const gw_tls_cert_in_t *certs;
+    size_t n_certs;
+    uint64_t tls_reload_ms; /* periodic certificate check; 0: 60 s */
+    gw_proxy_opts_t proxy;  /* proxy.tls is set by the gateway */
 } gateway_opts_t;
 
 typedef struct gateway gateway_t;
@@ -49,6 +59,11 @@ int gateway_static_route_parse(const char *spec, char *buf, const char **host, c
  * following the metalocator. On failure nothing is left running. */
 int gateway_start(uv_loop_t *loop, const gateway_opts_t *opts, gateway_t **out, err_t *err);
 int gateway_http_port(const gateway_t *g);
+int gateway_https_port(const gateway_t *g);
+/* Re-read changed certificate files now (in the thread pool; what it does
+ * is logged). The gateway also does this on SIGHUP and every
+ * tls_reload_ms. No-op without HTTPS. */
+void gateway_tls_reload(gateway_t *g);
 int gateway_admin_port(const gateway_t *g);
 /* Revision of the snapshot the proxy was last given. */
 uint64_t gateway_revision(const gateway_t *g);

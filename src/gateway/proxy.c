@@ -102,6 +102,14 @@ static void on_idle(uv_idle_t *h)
     (void)h; /* only there so the loop polls without blocking */
 }
 
+/* Keep the loop from blocking in poll until the check phase has run (work
+ * queued for it: deferred completions, TLS input to pull). */
+void gw_thread_wake(gw_thread_t *t)
+{
+    if (!t->detached && !uv_is_active((uv_handle_t *)&t->idle))
+        uv_idle_start(&t->idle, on_idle);
+}
+
 /* Complete s later, from the thread's check phase (or gw_detached_run): a
  * write callback never runs inside the code that wrote, as with libuv. */
 void gw_defer_complete(gw_thread_t *t, gw_wslot_t *s, int status)
@@ -402,7 +410,7 @@ static void on_listener_ready(uv_poll_t *h, int status, int events)
             }
             return;
         }
-        gw_client_accept(t, fd, &ss, l->internal, l->port);
+        gw_client_accept(t, fd, &ss, l->internal, l->port, l->tls);
     }
 }
 
@@ -414,6 +422,10 @@ void gw_thread_resume_accept(uv_timer_t *h)
     if (t->http && t->http->paused) {
         t->http->paused = false;
         uv_poll_start(&t->http->h, UV_READABLE, on_listener_ready);
+    }
+    if (t->https && t->https->paused) {
+        t->https->paused = false;
+        uv_poll_start(&t->https->h, UV_READABLE, on_listener_ready);
     }
     for (gw_listener_t *l = t->ilist; l; l = l->next)
         if (l->paused) {
@@ -516,6 +528,10 @@ static void thread_close_listeners(gw_thread_t *t)
     if (t->http) {
         listener_close(t->http);
         t->http = NULL;
+    }
+    if (t->https) {
+        listener_close(t->https);
+        t->https = NULL;
     }
     while (t->ilist) {
         gw_listener_t *l = t->ilist;
@@ -632,6 +648,8 @@ static void thread_init_common(gw_proxy_t *p, gw_thread_t *t, int idx)
     buf_init(&t->log, 0);
     rng_seed(t);
     t->cur = xcalloc(1, sizeof(*t->cur));
+    if (p->https_addr)
+        t->tls_scratch = xmalloc(GW_TLS_SCRATCH);
 }
 
 static void thread_free_common(gw_thread_t *t)
@@ -661,6 +679,7 @@ static void thread_free_common(gw_thread_t *t)
     uv_mutex_destroy(&t->app_lock);
     buf_free(&t->log);
     free(t->hs);
+    free(t->tls_scratch);
 }
 
 static void apply_defaults(gw_proxy_opts_t *o)
@@ -691,6 +710,12 @@ static gw_proxy_t *proxy_alloc(const gw_proxy_opts_t *opts)
     p->o = *opts;
     apply_defaults(&p->o);
     p->http_addr = opts->http_addr ? xstrdup(opts->http_addr) : NULL;
+    p->https_addr = opts->https_addr ? xstrdup(opts->https_addr) : NULL;
+    p->o.https_addr = p->https_addr;
+    p->https_port = -1;
+    if (opts->hsts_seconds)
+        snprintf(p->hsts, sizeof(p->hsts), "Strict-Transport-Security: max-age=%llu",
+                 (unsigned long long)opts->hsts_seconds);
     p->internal_host = xstrdup(opts->internal_host ? opts->internal_host : "0.0.0.0");
     p->o.http_addr = p->http_addr;
     p->o.internal_host = p->internal_host;
@@ -699,9 +724,62 @@ static gw_proxy_t *proxy_alloc(const gw_proxy_opts_t *opts)
     return p;
 }
 
+/* Bind one SO_REUSEPORT socket per thread on addr (port 0: the first
+ * socket's port for the others too) into each thread's *fd slot. */
+static int proxy_bind(gw_proxy_t *p, const char *addr, const char *what, bool tls, int *port_out,
+                      err_t *err)
+{
+    char *host = NULL;
+    int port = 0;
+    struct sockaddr_storage ss;
+    if (str_split_hostport(addr, &host, &port) < 0)
+        return err_set(err, -EINVAL, "%s address %s: expected host:port", what, addr);
+    int rc = parse_addr(host, port, &ss, err);
+    free(host);
+    if (rc < 0)
+        return rc;
+    for (int i = 0; i < p->n_threads; i++) {
+        char label[128];
+        snprintf(label, sizeof(label), "%s address %s", what, addr);
+        int fd = listen_fd(&ss, label, err);
+        if (fd < 0)
+            return fd;
+        if (tls)
+            p->threads[i].https_fd = fd;
+        else
+            p->threads[i].http_fd = fd;
+        if (i == 0) {
+            struct sockaddr_storage got;
+            socklen_t gl = sizeof(got);
+            getsockname(fd, (struct sockaddr *)&got, &gl);
+            port = got.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&got)->sin6_port)
+                                             : ntohs(((struct sockaddr_in *)&got)->sin_port);
+            *port_out = port;
+            if (ss.ss_family == AF_INET6)
+                ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+            else
+                ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+        }
+    }
+    return 0;
+}
+
+static void proxy_close_unowned_fds(gw_proxy_t *p)
+{
+    for (int i = 0; i < p->n_threads; i++) {
+        if (p->threads[i].http_fd >= 0)
+            close(p->threads[i].http_fd);
+        if (p->threads[i].https_fd >= 0)
+            close(p->threads[i].https_fd);
+        p->threads[i].http_fd = p->threads[i].https_fd = -1;
+    }
+}
+
 int gw_proxy_start(const gw_proxy_opts_t *opts, gw_proxy_t **out, err_t *err)
 {
     *out = NULL;
+    if (opts->https_addr && !opts->tls)
+        return err_set(err, -EINVAL, "https address %s: no TLS certificates", opts->https_addr);
     gw_proxy_t *p = proxy_alloc(opts);
     int n = opts->threads > 0 ? opts->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1)
@@ -711,43 +789,13 @@ int gw_proxy_start(const gw_proxy_opts_t *opts, gw_proxy_t **out, err_t *err)
     p->n_threads = n;
     p->threads = xcalloc((size_t)n, sizeof(gw_thread_t));
     for (int i = 0; i < n; i++)
-        p->threads[i].http_fd = -1;
+        p->threads[i].http_fd = p->threads[i].https_fd = -1;
     int rc = 0;
-    if (p->http_addr) {
-        char *host = NULL;
-        int port = 0;
-        struct sockaddr_storage ss;
-        if (str_split_hostport(p->http_addr, &host, &port) < 0) {
-            rc = err_set(err, -EINVAL, "http address %s: expected host:port", p->http_addr);
-            goto fail;
-        }
-        rc = parse_addr(host, port, &ss, err);
-        free(host);
-        if (rc < 0)
-            goto fail;
-        for (int i = 0; i < n; i++) {
-            char what[128];
-            snprintf(what, sizeof(what), "http address %s", p->http_addr);
-            int fd = listen_fd(&ss, what, err);
-            if (fd < 0) {
-                rc = fd;
-                goto fail;
-            }
-            p->threads[i].http_fd = fd;
-            if (i == 0) {
-                struct sockaddr_storage got;
-                socklen_t gl = sizeof(got);
-                getsockname(fd, (struct sockaddr *)&got, &gl);
-                port = got.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&got)->sin6_port)
-                                                 : ntohs(((struct sockaddr_in *)&got)->sin_port);
-                p->http_port = port;
-                if (ss.ss_family == AF_INET6)
-                    ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
-                else
-                    ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
-            }
-        }
-    }
+    if (p->http_addr && (rc = proxy_bind(p, p->http_addr, "http", false, &p->http_port, err)) < 0)
+        goto fail;
+    if (p->https_addr &&
+        (rc = proxy_bind(p, p->https_addr, "https", true, &p->https_port, err)) < 0)
+        goto fail;
     for (int i = 0; i < n; i++) {
         gw_thread_t *t = &p->threads[i];
         thread_init_common(p, t, i);
@@ -763,32 +811,42 @@ int gw_proxy_start(const gw_proxy_opts_t *opts, gw_proxy_t **out, err_t *err)
         uv_timer_init(&t->loop, &t->accept_timer);
         t->accept_timer.data = t;
         uv_unref((uv_handle_t *)&t->accept_timer);
+        const char *bad = NULL;
         if (t->http_fd >= 0) {
             int fd = t->http_fd;
             t->http_fd = -1;
             t->http = listener_open(t, fd, false, p->http_port);
-            if (!t->http) {
-                rc = err_set(err, -EIO, "http address %s: cannot watch the listener", p->http_addr);
-                /* no thread runs yet: unwind the loops set up so far */
-                for (int j = 0; j <= i; j++) {
-                    gw_thread_t *tj = &p->threads[j];
-                    thread_close_listeners(tj);
-                    uv_close((uv_handle_t *)&tj->async, NULL);
-                    uv_close((uv_handle_t *)&tj->check, NULL);
-                    uv_close((uv_handle_t *)&tj->accept_timer, NULL);
-                    uv_close((uv_handle_t *)&tj->idle, NULL);
-                    uv_run(&tj->loop, UV_RUN_DEFAULT);
-                    uv_loop_close(&tj->loop);
-                    thread_free_common(tj);
-                }
-                for (int j = i + 1; j < n; j++)
-                    if (p->threads[j].http_fd >= 0)
-                        close(p->threads[j].http_fd);
-                free(p->threads);
-                p->threads = NULL;
-                p->n_threads = 0;
-                goto fail;
+            if (!t->http)
+                bad = p->http_addr;
+        }
+        if (!bad && t->https_fd >= 0) {
+            int fd = t->https_fd;
+            t->https_fd = -1;
+            t->https = listener_open(t, fd, false, p->https_port);
+            if (t->https)
+                t->https->tls = true;
+            else
+                bad = p->https_addr;
+        }
+        if (bad) {
+            rc = err_set(err, -EIO, "address %s: cannot watch the listener", bad);
+            /* no thread runs yet: unwind the loops set up so far */
+            for (int j = 0; j <= i; j++) {
+                gw_thread_t *tj = &p->threads[j];
+                thread_close_listeners(tj);
+                uv_close((uv_handle_t *)&tj->async, NULL);
+                uv_close((uv_handle_t *)&tj->check, NULL);
+                uv_close((uv_handle_t *)&tj->accept_timer, NULL);
+                uv_close((uv_handle_t *)&tj->idle, NULL);
+                uv_run(&tj->loop, UV_RUN_DEFAULT);
+                uv_loop_close(&tj->loop);
+                thread_free_common(tj);
             }
+            proxy_close_unowned_fds(p);
+            free(p->threads);
+            p->threads = NULL;
+            p->n_threads = 0;
+            goto fail;
         }
     }
     p->running = true;
@@ -798,9 +856,7 @@ int gw_proxy_start(const gw_proxy_opts_t *opts, gw_proxy_t **out, err_t *err)
     return 0;
 fail:
     if (p->threads)
-        for (int i = 0; i < n; i++)
-            if (p->threads[i].http_fd >= 0)
-                close(p->threads[i].http_fd);
+        proxy_close_unowned_fds(p);
     free(p->threads);
     p->threads = NULL;
     p->n_threads = 0;
@@ -833,6 +889,11 @@ void gw_proxy_set_snapshot(gw_proxy_t *p, gw_snapshot_t *snap)
 int gw_proxy_http_port(const gw_proxy_t *p)
 {
     return p ? p->http_port : -1;
+}
+
+int gw_proxy_https_port(const gw_proxy_t *p)
+{
+    return p ? p->https_port : -1;
 }
 
 void gw_proxy_set_worker_hook(gw_proxy_t *p, gw_worker_hook_fn fn, void *data)
@@ -899,6 +960,7 @@ void gw_proxy_free(gw_proxy_t *p)
     gw_snapshot_unref(p->snap);
     uv_mutex_destroy(&p->lock);
     free(p->http_addr);
+    free(p->https_addr);
     free(p->internal_host);
     free(p);
 }
@@ -924,7 +986,7 @@ void gw_proxy_metrics(gw_proxy_t *p, buf_t *out)
 {
     static const char *cls[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
     uint64_t codes[6] = {0}, lat[GW_LAT_BUCKETS + 1] = {0}, lat_sum = 0, bin = 0, bout = 0,
-             active = 0, total = 0, upc = 0, upr = 0, retries = 0, tcp = 0;
+             active = 0, total = 0, upc = 0, upr = 0, retries = 0, tcp = 0, tlsc = 0, tlse = 0;
     for (int i = 0; i < p->n_threads; i++) {
         gw_tmetrics_t *m = &p->threads[i].m;
         for (int k = 0; k < 6; k++)
@@ -940,6 +1002,8 @@ void gw_proxy_metrics(gw_proxy_t *p, buf_t *out)
         upr += LOAD(m->up_reused);
         retries += LOAD(m->retries);
         tcp += LOAD(m->tcp_sessions);
+        tlsc += LOAD(m->tls_conns);
+        tlse += LOAD(m->tls_errors);
     }
     (void)buf_append_str(out, "# TYPE drover_gateway_requests_total counter\n");
     for (int k = 0; k < 6; k++)
@@ -1020,6 +1084,13 @@ void gw_proxy_metrics(gw_proxy_t *p, buf_t *out)
                      (unsigned long long)active, (unsigned long long)total, (unsigned long long)upc,
                      (unsigned long long)upr, (unsigned long long)retries, (unsigned long long)tcp,
                      (unsigned long long)bin, (unsigned long long)bout);
+    if (p->https_addr)
+        (void)buf_printf(out,
+                         "# TYPE drover_gateway_tls_connections_total counter\n"
+                         "drover_gateway_tls_connections_total %llu\n"
+                         "# TYPE drover_gateway_tls_errors_total counter\n"
+                         "drover_gateway_tls_errors_total %llu\n",
+                         (unsigned long long)tlsc, (unsigned long long)tlse);
     uv_mutex_lock(&p->lock);
     gw_snapshot_t *s = p->snap;
     if (s)
@@ -1068,6 +1139,10 @@ void gw_detached_run(gw_thread_t *t)
                 t->dq_tail = NULL;
             gw_slot_complete(s, s->dstatus);
         }
+        if (t->tls_due) {
+            gw_client_tls_run_due(t);
+            continue;
+        }
         if (!t->dead_ups)
             break;
         while (t->dead_ups) {
@@ -1086,7 +1161,7 @@ gw_proxy_t *gw_proxy_new_detached(const gw_proxy_opts_t *opts, gw_snapshot_t *sn
     p->n_threads = 1;
     p->threads = xcalloc(1, sizeof(gw_thread_t));
     gw_thread_t *t = &p->threads[0];
-    t->http_fd = -1;
+    t->http_fd = t->https_fd = -1;
     thread_init_common(p, t, 0);
     t->detached = true;
     if (snap)
@@ -1105,6 +1180,7 @@ void gw_proxy_free_detached(gw_proxy_t *p)
     gw_snapshot_unref(p->snap);
     uv_mutex_destroy(&p->lock);
     free(p->http_addr);
+    free(p->https_addr);
     free(p->internal_host);
     free(p);
 }

@@ -46,6 +46,7 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "gateway/routes.h"
+#include "gateway/tls.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -53,9 +54,16 @@
 #include <stdio.h>
 
 typedef struct gw_proxy_opts {
-    const char *http_addr;        /* "127.0.0.1:8080"; NULL: no HTTP listener */
-    int threads;                  /* event-loop threads; 0: number of CPUs */
-    bool internal;                /* also listen on each snapshot's internal ports */
+    const char *http_addr; /* "127.0.0.1:8080"; NULL: no HTTP listener */
+    /* HTTPS: a listener per thread like HTTP, connections through TLS
+     * (gateway/tls.h), everything else identical (X-Forwarded-Proto says
+     * https). NULL: none. Needs tls. */
+    const char *https_addr;
+    gw_tls_ctx_t *tls;     /* not owned; must outlive the proxy; reload it off the proxy threads */
+    uint64_t hsts_seconds; /* > 0: "Strict-Transport-Security: max-age=N" on HTTPS responses
+                              that lack one */
+    int threads;           /* event-loop threads; 0: number of CPUs */
+    bool internal;         /* also listen on each snapshot's internal ports */
     const char *internal_host;    /* address internal listeners bind to; NULL: "0.0.0.0" */
     size_t max_header_bytes;      /* request head limit; 0: 16 KiB (-> 431) */
     size_t max_body_bytes;        /* body limit when route->max_body is 0; 0: 100 MiB (-> 413) */
@@ -93,6 +101,8 @@ void gw_proxy_set_snapshot(gw_proxy_t *p, gw_snapshot_t *snap);
 uint64_t gw_proxy_applied_revision(const gw_proxy_t *p);
 /* Port of the HTTP listener (useful after binding port 0); -1 without one. */
 int gw_proxy_http_port(const gw_proxy_t *p);
+/* Port of the HTTPS listener; -1 without one. */
+int gw_proxy_https_port(const gw_proxy_t *p);
 /* Append Prometheus text exposition of the proxy's metrics to out. */
 void gw_proxy_metrics(gw_proxy_t *p, buf_t *out);
 /* Stop accepting, let in-flight requests finish (keep-alive connections

@@ -3,7 +3,11 @@
  * streaming the request body, relaying the response (rewritten head,
  * re-framed body), keep-alive and pipelining, our own error answers, and
  * the client byte I/O layer (reads land in c->in; writes go out as iovecs
- * through gw_client_write), the one place TLS would slot in.
+ * through gw_client_write), the one place TLS slots in: on an HTTPS
+ * connection ciphertext is read into a per-thread scratch buffer, fed to
+ * gateway/tls and decrypted into c->in, and a write slot's iovecs are
+ * encrypted and sent from the TLS layer's output, so everything above the
+ * layer is the same code for HTTP and HTTPS.
  *
  * Request heads are collected whole (up to max_header_bytes) and checked on
  * the raw bytes for what http-parser tolerates but a backend may read
@@ -44,6 +48,11 @@ static void client_start_send(gw_client_t *c);
 static void client_finish_response(gw_client_t *c);
 static void client_linger_close(gw_client_t *c);
 static void client_on_timer(uv_timer_t *h);
+static bool client_want_read(const gw_client_t *c);
+static void client_tls_pull(gw_client_t *c);
+static void client_tls_push(gw_client_t *c);
+static void client_tls_flush(gw_client_t *c);
+static void client_tls_fail(gw_client_t *c);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -195,6 +204,212 @@ static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 
 static void client_on_close(uv_handle_t *h);
 
+/* TLS reads land in the thread's scratch buffer (a read callback runs right
+ * after its alloc callback, so one buffer serves every connection), never
+ * more than the TLS layer takes now. */
+static void client_tls_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)hint;
+    gw_client_t *c = h->data;
+    size_t room = gw_tls_feed_room(c->tls);
+    b->base = c->t->tls_scratch;
+    b->len = room < GW_TLS_SCRATCH ? room : GW_TLS_SCRATCH;
+}
+
+static void client_tls_on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    gw_client_t *c = st->data;
+    if (n == UV_ENOBUFS) {
+        /* the TLS input is full: read again once a pull drained it */
+        uv_read_stop(st);
+        c->reading = false;
+        return;
+    }
+    if (n < 0) {
+        gw_client_on_eof(c, (int)n);
+        return;
+    }
+    if (n == 0 || c->closing || c->tls_dead || c->lingering)
+        return; /* lingering: what still comes is dropped unread */
+    int rc = gw_tls_feed(c->tls, b->base, (size_t)n);
+    if (rc == -EPIPE)
+        return; /* after the client's close_notify: nothing more to read */
+    if (rc < 0) {
+        client_tls_fail(c);
+        return;
+    }
+    client_tls_pull(c);
+}
+
+/* Decrypt into `in` while it has room and the request code takes bytes,
+ * handing each piece to the same code a plain read feeds. Output the
+ * reads produced (handshake, tickets, alerts, plaintext written before the
+ * handshake finished) goes out after. */
+static void client_tls_pull(gw_client_t *c)
+{
+    c->tls_starved = false;
+    while (!c->closing && !c->tls_dead) {
+        if (!client_want_read(c)) {
+            c->tls_starved = !c->peer_eof;
+            break;
+        }
+        ssize_t r = gw_tls_read(c->tls, c->in + c->in_len, c->in_cap - c->in_len);
+        if (r > 0) {
+            gw_client_on_bytes(c, (size_t)r);
+            continue;
+        }
+        if (r == 0)
+            break;
+        if (r == -EPIPE) {
+            client_tls_push(c);
+            if (!c->closing && !c->peer_eof)
+                gw_client_on_eof(c, UV_EOF);
+            return;
+        }
+        client_tls_fail(c);
+        return;
+    }
+    if (c->closing || c->tls_dead)
+        return;
+    client_tls_push(c);
+    gw_client_read_update(c);
+}
+
+/* The handshake failed or the peer broke the protocol: send what the TLS
+ * layer holds (usually an alert), then close. */
+static void client_tls_fail(gw_client_t *c)
+{
+    if (c->tls_dead || c->closing)
+        return;
+    c->tls_dead = true;
+    gw_tmetrics_t *m = &c->t->m;
+    atomic_store_explicit(&m->tls_errors,
+                          atomic_load_explicit(&m->tls_errors, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    const char *why = gw_tls_error(c->tls);
+    log_debug("gateway", "tls client %s: %s", c->addr, why ? why : "protocol error");
+    gw_client_read_update(c);
+    client_tls_flush(c);
+    if (!c->tls_wbusy)
+        gw_client_close(c);
+}
+
+static void client_tls_write_cb(uv_write_t *req, int status)
+{
+    gw_client_t *c = req->data;
+    c->tls_wbusy = false;
+    c->wpending--;
+    if (status == 0)
+        gw_tls_out_consume(c->tls, c->tls_wlen);
+    if (c->closing || status < 0) {
+        gw_client_close(c);
+        return;
+    }
+    if (c->tls_dead) {
+        client_tls_flush(c);
+        if (!c->tls_wbusy)
+            gw_client_close(c);
+        return;
+    }
+    client_tls_push(c);
+    if (!c->closing && c->linger_pending && c->wpending == 0)
+        client_linger_close(c);
+}
+
+/* Send the TLS layer's ciphertext, one write in flight: straight away when
+ * the kernel takes it, else the rest with uv_write (whose completion sends
+ * the next run). The write counts in wpending so the connection outlives
+ * it. */
+static void client_tls_flush(gw_client_t *c)
+{
+    if (c->tls_wbusy || c->closing || !c->has_tcp)
+        return;
+    uv_stream_t *st = (uv_stream_t *)&c->tcp;
+    for (;;) {
+        size_t len;
+        const char *p = gw_tls_out(c->tls, &len);
+        if (!len)
+            return;
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
+        int w = uv_try_write(st, &b, 1);
+        if (w == UV_EAGAIN)
+            w = 0;
+        if (w < 0) {
+            gw_client_close(c);
+            return;
+        }
+        if ((size_t)w == len) {
+            gw_tls_out_consume(c->tls, len);
+            continue;
+        }
+        if (w > 0)
+            gw_tls_out_consume(c->tls, (size_t)w);
+        b = uv_buf_init((char *)p + w, (unsigned)(len - (size_t)w));
+        c->tls_wlen = len - (size_t)w;
+        c->tls_wreq.data = c;
+        if (uv_write(&c->tls_wreq, st, &b, 1, client_tls_write_cb) < 0) {
+            gw_client_close(c);
+            return;
+        }
+        c->tls_wbusy = true;
+        c->wpending++;
+        return;
+    }
+}
+
+/* Encrypt the queued write slots in order and send the ciphertext. A slot
+ * completes once all of it is encrypted and sent (the handshake done and
+ * nothing pending), so its source buffer stays locked, and the side it
+ * comes from unread, until the client took the bytes: the same
+ * backpressure as a plain socket write. Past GW_TLS_OUT_MAX it waits for
+ * output to drain. */
+static void client_tls_push(gw_client_t *c)
+{
+    gw_tls_conn_t *tls = c->tls;
+    for (;;) {
+        if (c->closing || c->tls_dead)
+            return;
+        gw_wslot_t *s = c->tls_wq;
+        bool all = true;
+        while (s && c->tls_wi < s->n) {
+            const uv_buf_t *b = &s->iov[c->tls_wi];
+            size_t left = b->len - c->tls_woff;
+            if (left == 0) {
+                c->tls_wi++;
+                c->tls_woff = 0;
+                continue;
+            }
+            size_t room = gw_tls_writable(tls);
+            size_t k = left < room ? left : room;
+            int rc = k ? gw_tls_write(tls, b->base + c->tls_woff, k) : -ENOBUFS;
+            if (rc == -ENOBUFS) {
+                all = false;
+                break;
+            }
+            if (rc < 0) {
+                client_tls_fail(c);
+                return;
+            }
+            c->tls_woff += k;
+        }
+        client_tls_flush(c);
+        if (c->closing || !s)
+            return;
+        if (all && gw_tls_handshake_done(tls) && gw_tls_pending(tls) == 0) {
+            c->tls_wq = s->tnext;
+            if (!c->tls_wq)
+                c->tls_wq_tail = NULL;
+            c->tls_wi = 0;
+            c->tls_woff = 0;
+            gw_defer_complete(c->t, s, 0);
+            continue;
+        }
+        /* a flush that drained at once made room: encrypt more now */
+        if (c->tls_wbusy || all || gw_tls_writable(tls) == 0)
+            return;
+    }
+}
+
 /* Give the connection its libuv handle the first time it has to wait on
  * the socket (for bytes, or for room to write). A connection-per-request
  * client usually never needs one: its request is read right after accept,
@@ -220,13 +435,46 @@ static bool client_attach(gw_client_t *c)
     return true;
 }
 
-/* Read only when there is room and the bytes can be used: the buffer is
- * also the backpressure bound (a full buffer stops reading). */
-void gw_client_read_update(gw_client_t *c)
+/* Whether bytes arriving now could be taken into `in`. */
+static bool client_want_read(const gw_client_t *c)
 {
     bool want = !c->closing && !c->peer_eof && c->in_len < c->in_cap;
     if (c->state == CS_TUNNEL && (!c->up || !c->up->connected))
         want = want && c->in_len - c->in_off < c->in_cap / 2;
+    return want;
+}
+
+/* Pull this TLS client's decrypted input from the check phase: OpenSSL and
+ * the TLS input buffer may hold bytes that no socket event will announce,
+ * and pulling right here could re-enter the request code that called. */
+static void client_tls_queue(gw_client_t *c)
+{
+    if (c->tls_queued)
+        return;
+    gw_thread_t *t = c->t;
+    c->tls_queued = true;
+    c->tls_next = t->tls_due;
+    t->tls_due = c;
+    gw_thread_wake(t);
+}
+
+void gw_client_tls_run_due(gw_thread_t *t)
+{
+    gw_client_t *c;
+    while ((c = t->tls_due)) {
+        t->tls_due = c->tls_next;
+        c->tls_next = NULL;
+        c->tls_queued = false;
+        if (!c->closing)
+            client_tls_pull(c);
+    }
+}
+
+/* Read only when there is room and the bytes can be used: the buffer is
+ * also the backpressure bound (a full buffer stops reading). */
+void gw_client_read_update(gw_client_t *c)
+{
+    bool want = client_want_read(c);
     /* A request read whole waits for its response: a connection not yet
      * watched is not registered just for that (a connection-per-request
      * client then never costs an epoll registration: its request is read
@@ -238,10 +486,19 @@ void gw_client_read_update(gw_client_t *c)
         c->reading = want;
         return;
     }
+    if (c->tls) {
+        /* room again after a pull stopped for lack of it: what TLS holds
+         * comes first; the socket is read only while TLS takes more */
+        if (want && c->tls_starved)
+            client_tls_queue(c);
+        if (c->tls_dead || gw_tls_feed_room(c->tls) == 0)
+            want = false;
+    }
     if (want && !c->reading) {
         if (!client_attach(c))
             return;
-        if (uv_read_start((uv_stream_t *)&c->tcp, client_alloc, client_on_read) == 0)
+        if (uv_read_start((uv_stream_t *)&c->tcp, c->tls ? client_tls_alloc : client_alloc,
+                          c->tls ? client_tls_on_read : client_on_read) == 0)
             c->reading = true;
     } else if (!want && c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
@@ -271,6 +528,20 @@ void gw_client_write(gw_client_t *c, gw_wslot_t *s)
             if (d && d->out.len + s->iov[i].len <= (1u << 20))
                 (void)buf_append(&d->out, s->iov[i].base, s->iov[i].len);
         gw_defer_complete(c->t, s, 0);
+        return;
+    }
+    if (c->tls) {
+        if (c->closing || c->tls_dead) {
+            gw_defer_complete(c->t, s, UV_ECANCELED);
+            return;
+        }
+        s->tnext = NULL;
+        if (c->tls_wq_tail)
+            c->tls_wq_tail->tnext = s;
+        else
+            c->tls_wq = s;
+        c->tls_wq_tail = s;
+        client_tls_push(c);
         return;
     }
     if (!c->has_tcp && !c->closing) {
@@ -350,6 +621,17 @@ static void client_on_close(uv_handle_t *h)
 static void client_free(gw_client_t *c)
 {
     gw_thread_t *t = c->t;
+    if (c->tls) {
+        if (c->tls_queued)
+            for (gw_client_t **pp = &t->tls_due; *pp; pp = &(*pp)->tls_next)
+                if (*pp == c) {
+                    *pp = c->tls_next;
+                    break;
+                }
+        c->tls_queued = false;
+        gw_tls_conn_free(c->tls);
+        c->tls = NULL;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else if (t->clients == c)
@@ -414,6 +696,15 @@ void gw_client_close(gw_client_t *c)
             if (c->d)
                 c->d->closed = true;
         } else {
+            /* slots waiting for TLS complete as cancelled (their sources
+             * are unlocked); a ciphertext write in flight is cancelled by
+             * closing the handle */
+            while (c->tls_wq) {
+                gw_wslot_t *s = c->tls_wq;
+                c->tls_wq = s->tnext;
+                gw_defer_complete(c->t, s, UV_ECANCELED);
+            }
+            c->tls_wq_tail = NULL;
             if (c->reading)
                 uv_read_stop((uv_stream_t *)&c->tcp);
             c->reading = false;
@@ -440,6 +731,19 @@ static void client_linger_close(gw_client_t *c)
     if (c->wpending > 0) {
         c->linger_pending = true;
         return;
+    }
+    if (c->tls && !c->tls_shut && !c->tls_dead) {
+        /* close_notify first, so the client can tell our close from a
+         * truncation; the close goes on once it is sent */
+        c->tls_shut = true;
+        gw_tls_shutdown(c->tls);
+        client_tls_flush(c);
+        if (c->closing)
+            return;
+        if (c->wpending > 0) {
+            c->linger_pending = true;
+            return;
+        }
     }
     /* Nothing unread (the request was read whole and nothing followed it):
      * closing cannot reset the connection, so skip the linger, which
@@ -575,6 +879,10 @@ void gw_client_respond(gw_client_t *c, int status, const char *fmt, ...)
         OUT(o, "\r\nConnection: close");
     else if (c->http_minor == 0)
         OUT(o, "\r\nConnection: keep-alive");
+    if (c->tls && c->t->p->hsts[0]) {
+        OUT(o, "\r\n");
+        (void)buf_append_str(o, c->t->p->hsts);
+    }
     OUT(o, "\r\n\r\n");
     (void)buf_append(o, body, (size_t)bn);
     c->resp_bytes = (uint64_t)bn;
@@ -839,7 +1147,10 @@ static int build_request_head(gw_client_t *c, const head_info_t *hi, const char 
         OUT(o, "Transfer-Encoding: chunked\r\n");
     if (c->upgrade)
         OUT(o, "Connection: Upgrade\r\n");
-    OUT(o, "X-Forwarded-Proto: http\r\n");
+    if (c->tls)
+        OUT(o, "X-Forwarded-Proto: https\r\n");
+    else
+        OUT(o, "X-Forwarded-Proto: http\r\n");
     if (hi->host_len) {
         OUT(o, "X-Forwarded-Host: ");
         (void)buf_append(o, hi->host, hi->host_len);
@@ -1469,12 +1780,24 @@ static void build_response_head(gw_client_t *c, gw_upstream_t *u)
             OUT(o, "Connection: keep-alive\r\n");
     }
     const gw_route_t *r = c->route;
+    bool sts = false; /* a Strict-Transport-Security header is in (HTTPS only) */
     for (size_t i = 0; r && i < r->n_add_headers; i++) {
         const char *line = r->add_headers[i];
         const char *colon = strchr(line, ':');
-        if (!colon || resp_has_header(u, line, (size_t)(colon - line)))
+        if (!colon)
+            continue;
+        if (c->tls && NAME_IS(line, (size_t)(colon - line), "strict-transport-security"))
+            sts = true;
+        if (resp_has_header(u, line, (size_t)(colon - line)))
             continue;
         (void)buf_append_str(o, line);
+        OUT(o, "\r\n");
+    }
+    /* --hsts: a route's own header or the backend's wins */
+    const char *hsts = c->t->p->hsts;
+    if (c->tls && hsts[0] && !sts &&
+        !resp_has_header(u, "strict-transport-security", sizeof("strict-transport-security") - 1)) {
+        (void)buf_append_str(o, hsts);
         OUT(o, "\r\n");
     }
     OUT(o, "\r\n");
@@ -1882,7 +2205,7 @@ static void addr_text(const struct sockaddr_storage *ss, char *out, size_t cap, 
 }
 
 void gw_client_accept(gw_thread_t *t, int fd, const struct sockaddr_storage *peer, bool internal,
-                      int port)
+                      int port, bool tls)
 {
     gw_proxy_t *p = t->p;
     gw_client_t *c = gw_client_new(t);
@@ -1892,6 +2215,24 @@ void gw_client_accept(gw_thread_t *t, int fd, const struct sockaddr_storage *pee
     addr_text(peer, c->addr, sizeof(c->addr), &c->peer_port);
     c->internal = internal;
     c->port = port;
+    if (tls) {
+        gw_tmetrics_t *m = &t->m;
+        atomic_store_explicit(&m->tls_conns,
+                              atomic_load_explicit(&m->tls_conns, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        if (t->n_clients > t->max_clients) {
+            /* an answer would need a handshake first: just close */
+            gw_client_close(c);
+            return;
+        }
+        /* the head timeout starts now, so it covers the handshake too */
+        c->tls = gw_tls_conn_new(p->o.tls);
+        c->state = CS_HEAD;
+        gw_client_set_deadline(c, p->o.header_timeout_ms, TMO_HEADER);
+        if (client_attach(c))
+            gw_client_read_update(c);
+        return;
+    }
     if (t->n_clients > t->max_clients) {
         c->keep_alive = false;
         c->state = CS_HEAD;

@@ -22,6 +22,7 @@
 #include "core/buf.h"
 #include "gateway/proxy.h"
 #include "gateway/routes.h"
+#include "gateway/tls.h"
 
 #include <http_parser.h>
 #include <stdatomic.h>
@@ -38,6 +39,7 @@
 #define GW_TUNNEL_MS     (3600u * 1000) /* idle limit of a tunnel (WebSocket, L4) */
 #define GW_LAT_BUCKETS   14
 #define GW_SPARE_CLIENTS 256
+#define GW_TLS_SCRATCH   (64u * 1024) /* per-thread ciphertext read buffer */
 
 typedef struct gw_thread gw_thread_t;
 typedef struct gw_client gw_client_t;
@@ -60,6 +62,7 @@ typedef struct gw_wslot {
     gw_client_t *src_c;     /* client whose `in` the data points into (locked), or NULL */
     gw_upstream_t *src_u;   /* upstream whose `in` the data points into (locked), or NULL */
     struct gw_wslot *dnext; /* deferred completion queue */
+    struct gw_wslot *tnext; /* TLS client: slots waiting to be encrypted and sent */
     int dstatus;            /* status of a deferred completion */
     uv_buf_t iov[GW_IOV_MAX];
     char hex[GW_HEX_MAX][20];
@@ -112,6 +115,7 @@ typedef struct gw_tmetrics {
     atomic_uint_fast64_t bytes_in, bytes_out;
     atomic_uint_fast64_t conns_total, conns_active;
     atomic_uint_fast64_t up_conns, up_reused, retries, tcp_sessions;
+    atomic_uint_fast64_t tls_conns, tls_errors;
 } gw_tmetrics_t;
 
 /* A listening socket watched with uv_poll (we accept ourselves). */
@@ -120,6 +124,7 @@ typedef struct gw_listener {
     int fd;
     int port;
     bool internal;
+    bool tls; /* the HTTPS listener */
     bool mark;
     bool paused;
     gw_thread_t *t;
@@ -138,6 +143,8 @@ struct gw_thread {
     uv_timer_t accept_timer; /* resumes accepting after EMFILE */
     int http_fd;             /* bound by gw_proxy_start, until the thread's listener owns it */
     gw_listener_t *http;
+    int https_fd; /* as http_fd, for the HTTPS listener */
+    gw_listener_t *https;
     gw_listener_t *ilist;
     bool draining;
     bool stopping;
@@ -160,6 +167,8 @@ struct gw_thread {
     gw_upstream_t *dead_ups;       /* detached: closed upstreams whose "close callback" is due */
     gw_hspan_t *hs;                /* scratch header spans for request heads */
     size_t hs_cap;
+    char *tls_scratch;    /* ciphertext lands here, then goes to gw_tls_feed (HTTPS only) */
+    gw_client_t *tls_due; /* TLS clients whose decrypted input is to be pulled again */
     char date[40];
 };
 
@@ -254,6 +263,20 @@ struct gw_client {
     char log_method[16];
     /* detached */
     gw_dconn_t *d;
+    /* TLS (HTTPS listener only; NULL otherwise): client bytes go through it
+     * (see "the client byte layer" in proxy_http.c) */
+    gw_tls_conn_t *tls;
+    bool tls_starved;                 /* plaintext pull stopped for lack of room in `in` */
+    bool tls_queued;                  /* on t->tls_due */
+    bool tls_wbusy;                   /* tls_wreq in flight (counted in wpending) */
+    bool tls_dead;                    /* TLS failed: flushing its alert, then closed */
+    bool tls_shut;                    /* close_notify queued */
+    gw_client_t *tls_next;            /* t->tls_due link */
+    gw_wslot_t *tls_wq, *tls_wq_tail; /* slots not yet all encrypted and sent */
+    unsigned tls_wi;                  /* progress in tls_wq's head: iovec... */
+    size_t tls_woff;                  /* ...and offset in it */
+    size_t tls_wlen;                  /* bytes of tls_wreq */
+    uv_write_t tls_wreq;
     /* kept over reuse from the spare list (see gw_client_new) */
     gw_wslot_t slot;
 };
@@ -270,6 +293,9 @@ struct gw_proxy {
     gw_proxy_opts_t o; /* defaults applied */
     char *http_addr;
     char *internal_host;
+    char *https_addr;
+    int https_port;
+    char hsts[64]; /* "Strict-Transport-Security: max-age=N" or "" */
     int n_threads;
     gw_thread_t *threads;
     int http_port;
@@ -296,6 +322,7 @@ uint64_t gw_rand64(gw_thread_t *t);
 void gw_slot_complete(gw_wslot_t *s, int status);
 void gw_stream_write(gw_thread_t *t, gw_wslot_t *s, uv_stream_t *st, uv_write_cb cb, bool closed);
 void gw_defer_complete(gw_thread_t *t, gw_wslot_t *s, int status);
+void gw_thread_wake(gw_thread_t *t);
 gw_wslot_t *gw_slot_get(gw_wslot_t *embedded, gw_slot_dir_t dir, void *owner);
 void gw_slot_free(gw_wslot_t *s);
 void gw_slot_add(gw_wslot_t *s, const void *p, size_t n);
@@ -303,7 +330,10 @@ bool gw_slot_full(const gw_wslot_t *s, unsigned need);
 
 /* ---- proxy_http.c ---- */
 void gw_client_accept(gw_thread_t *t, int fd, const struct sockaddr_storage *peer, bool internal,
-                      int port);
+                      int port, bool tls);
+/* Pull decrypted input of the TLS clients on t->tls_due (from the check
+ * phase: see gw_detached_run). */
+void gw_client_tls_run_due(gw_thread_t *t);
 gw_client_t *gw_client_new(gw_thread_t *t);
 void gw_client_destroy(gw_client_t *c);
 void gw_client_on_bytes(gw_client_t *c, size_t n);
