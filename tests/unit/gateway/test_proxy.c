@@ -436,8 +436,7 @@ static bool read_resp(int fd, resp_t *r, bool head_req, char *carry, size_t *car
         if (head_req || r->status == 204 || r->status == 304 || r->status == 101)
             return true;
         if (chunked || v)
-            return read_body(fd, buf, (size_t)hl, have, &r->body, chunked,
-                             v ? digits(v, vl) : 0);
+            return read_body(fd, buf, (size_t)hl, have, &r->body, chunked, v ? digits(v, vl) : 0);
         /* close-delimited */
         (void)buf_append(&r->body, buf + hl, have - (size_t)hl);
         for (;;) {
