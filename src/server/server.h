@@ -26,7 +26,8 @@ typedef struct server_options {
     uint64_t announce_interval_ms; /* the nodes' announce interval (a node is gone after 3) */
     const char *announce_if;       /* interface address for multicast (default any) */
     uint64_t shutdown_grace_ms;
-    const char *gateway_addr; /* dev: a gateway's HTTP listener following the metalocator, or NULL */
+    const char
+        *gateway_addr; /* dev: a gateway's HTTP listener following the metalocator, or NULL */
 } server_options_t;
 
 /* Blocks until a termination signal; 0 on a clean shutdown, or a negative
