@@ -104,7 +104,7 @@ defaults
     option forwardfor
     http-reuse always
 frontend fe
-    bind 127.0.0.1:${port[haproxy]}
+    bind 127.0.0.1:${port[haproxy]} defer-accept
     http-request set-header X-Forwarded-Proto http
     unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
     unique-id-header X-Request-Id
@@ -130,6 +130,8 @@ start_nginx() {
     # keepalive_requests: nginx closes a connection after 1000 requests by
     # default (client and backend side); HAProxy and drover do not, so it is
     # lifted. reuseport: one listener per worker, as drover's threads have.
+    # deferred (and HAProxy's defer-accept): TCP_DEFER_ACCEPT, which drover
+    # sets on its HTTP listeners, so all three accept the same way.
     # Host: the client's, as the other proxies pass it (nginx's default is
     # the upstream's name).
     cat >"$tmp/nginx.conf" <<EOF
@@ -155,7 +157,7 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:${port[nginx]} reuseport backlog=4096;
+        listen 127.0.0.1:${port[nginx]} reuseport backlog=4096 deferred;
         location / {
             proxy_pass http://be;
             proxy_http_version 1.1;

@@ -744,6 +744,13 @@ static int proxy_bind(gw_proxy_t *p, const char *addr, const char *what, bool tl
         int fd = listen_fd(&ss, label, err);
         if (fd < 0)
             return fd;
+        /* HTTP and TLS clients speak first: have the kernel hand over a
+         * connection only once its first bytes arrived, so the recv right
+         * after accept finds the request instead of costing another
+         * wake-up. (Not on internal TCP ports: there the server may speak
+         * first.) */
+        int defer = 1;
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer));
         if (tls)
             p->threads[i].https_fd = fd;
         else
