@@ -339,6 +339,20 @@ int server_run(const server_options_t *opts)
     int rc = 0;
     if (opts->run_control_plane)
         rc = server_start_control_plane(&s, &err);
+    /* The gateway binds its fixed port before the agent and DNS take
+     * ephemeral ones, so they can never land on it. */
+    if (!rc && opts->gateway_addr && s.meta_loc) {
+        char *meta = xasprintf("127.0.0.1:%d", loc_server_port(s.meta_loc));
+        gateway_opts_t go = {.metalocator = meta, .uuid = "dev-gateway"};
+        go.proxy.http_addr = opts->gateway_addr;
+        rc = gateway_start(&s.loop, &go, &s.gateway, &err);
+        free(meta);
+        if (rc)
+            err_wrap(&err, rc, "gateway on %s", opts->gateway_addr);
+        else
+            log_info("server", "gateway on http://%s (apps' routes; Host header picks the app)",
+                     opts->gateway_addr);
+    }
     if (!rc && opts->run_agent) {
         rc = agent_start(&s.loop, &opts->agent, &s.agent, &err);
         if (rc)
@@ -354,18 +368,6 @@ int server_run(const server_options_t *opts)
         else
             log_info("server", "DNS on %s:%d (names like web.production.drover.)", opts->dns_addr,
                      dns_server_port(s.dns));
-    }
-    if (!rc && opts->gateway_addr && s.meta_loc) {
-        char *meta = xasprintf("127.0.0.1:%d", loc_server_port(s.meta_loc));
-        gateway_opts_t go = {.metalocator = meta, .uuid = "dev-gateway"};
-        go.proxy.http_addr = opts->gateway_addr;
-        rc = gateway_start(&s.loop, &go, &s.gateway, &err);
-        free(meta);
-        if (rc)
-            err_wrap(&err, rc, "gateway on %s", opts->gateway_addr);
-        else
-            log_info("server", "gateway on http://%s (apps' routes; Host header picks the app)",
-                     opts->gateway_addr);
     }
     if (rc) {
         log_error("server", "%s", err_str(&err, rc));

@@ -1099,8 +1099,20 @@ static void test_max_connections_and_drain(void **state)
     gw_proxy_set_snapshot(p, f->snap);
     int port = gw_proxy_http_port(p);
     msleep(20);
-    int a = cli_connect(port), b = cli_connect(port), c = cli_connect(port);
+    /* The listener defers accepts until a client speaks (TCP_DEFER_ACCEPT),
+     * so each connection counts once its first request arrived: a and b
+     * make one each and stay open, idle; c is one too many. */
+    const char *req = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    int a = cli_connect(port), b = cli_connect(port);
     resp_t r = {0};
+    for (int i = 0; i < 2; i++) {
+        int fd = i ? b : a;
+        assert_true(write_all(fd, req, strlen(req)));
+        assert_true(read_resp(fd, &r, false, NULL, NULL));
+        assert_int_equal(r.status, 200);
+    }
+    int c = cli_connect(port);
+    assert_true(write_all(c, req, strlen(req)));
     assert_true(read_resp(c, &r, false, NULL, NULL));
     assert_int_equal(r.status, 503);
     assert_true(body_has(&r, "too many connections"));
@@ -1118,10 +1130,6 @@ static void test_max_connections_and_drain(void **state)
     (void)o2;
     /* drain: idle a closes at once; b's request in flight (the backend
      * takes 600 ms) finishes, with Connection: close */
-    const char *req = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
-    assert_true(write_all(b, req, strlen(req)));
-    assert_true(read_resp(b, &r, false, NULL, NULL));
-    assert_int_equal(r.status, 200);
     const char *slow = "GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n";
     assert_true(write_all(b, slow, strlen(slow)));
     msleep(50);
