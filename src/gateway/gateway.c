@@ -18,6 +18,8 @@
 #include <string.h>
 #include <strings.h>
 
+/* Most response headers one route adds (the spec allows 32). */
+#define GW_ROUTE_HEADERS_MAX 32
 /* Most addresses one static route takes. */
 #define GW_STATIC_EPS_MAX 64
 /* How often pending drain confirmations look at the proxy threads. */
@@ -252,9 +254,31 @@ static void build_route(build_ctx_t *c, const loc_entry_t *e, const msgpack_obje
     else
         snprintf(target, sizeof(target), "%s", e->name);
     r.target = target;
+    /* "headers": {"Name": "value"} -> "Name: value" lines (the spec
+     * checked them; the bound here only keeps the stack small) */
+    char *hdrs[GW_ROUTE_HEADERS_MAX];
+    size_t nh = 0;
+    for (uint32_t i = 0; i < rm->size; i++) {
+        const msgpack_object *k = &rm->ptr[i].key, *v = &rm->ptr[i].val;
+        if (!obj_is_str(k) || k->via.str.size != 7 || memcmp(k->via.str.ptr, "headers", 7) ||
+            v->type != MSGPACK_OBJECT_MAP)
+            continue;
+        for (uint32_t j = 0; j < v->via.map.size && nh < GW_ROUTE_HEADERS_MAX; j++) {
+            const msgpack_object *hk = &v->via.map.ptr[j].key, *hv = &v->via.map.ptr[j].val;
+            if (obj_is_str(hk) && obj_is_str(hv) && hk->via.str.size &&
+                !memchr(hv->via.str.ptr, '\r', hv->via.str.size) &&
+                !memchr(hv->via.str.ptr, '\n', hv->via.str.size))
+                hdrs[nh++] = xasprintf("%.*s: %.*s", (int)hk->via.str.size, hk->via.str.ptr,
+                                       (int)hv->via.str.size, hv->via.str.ptr);
+        }
+    }
+    r.add_headers = (const char *const *)hdrs;
+    r.n_add_headers = nh;
     err_t err = {0};
     if (gw_builder_route(c->b, &r, &err) < 0)
         build_problem(c, err.msg);
+    for (size_t i = 0; i < nh; i++)
+        free(hdrs[i]);
 }
 
 static int build_entry(const loc_entry_t *e, void *data)

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ctype.h>
 #include <strings.h>
 
 /* ------------------------------------------------------------------------
@@ -136,6 +137,7 @@ static void check_sticky(vctx_t *c, const json_t *v);
 static void check_config(vctx_t *c, const json_t *v);
 static void check_artifact(vctx_t *c, const json_t *v);
 static void check_group(vctx_t *c, const json_t *v);
+static void check_resp_headers(vctx_t *c, const json_t *v);
 
 #define F_STR(n, fl)                                                                               \
     {                                                                                              \
@@ -304,6 +306,7 @@ static const field_t s_route[] = {
     F_STR("event", F_NONEMPTY),
     F_STRC("sticky", F_NONEMPTY, check_sticky),
     F_ENUM("balance", 0, v_balance),
+    {.name = "headers", .type = FT_STRMAP, .check = check_resp_headers},
     F_END,
 };
 
@@ -697,6 +700,44 @@ static bool http_token(const char *s)
     return true;
 }
 
+/* Response headers a route adds (HSTS, X-Frame-Options, ... as the
+ * field report's HAProxy set them): each must be a header the gateway can
+ * write as is, and not one that would change how the message is framed. */
+static void check_resp_headers(vctx_t *c, const json_t *v)
+{
+    static const char *const framing[] = {
+        "content-length", "transfer-encoding", "connection", "keep-alive",
+        "upgrade",        "trailer",           "te",         NULL};
+    if (json_object_size(v) > 32) {
+        verr(c, "has %zu headers; at most 32 are allowed", json_object_size(v));
+        return;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)v, key, val)
+    {
+        size_t m = push_key(c, key);
+        size_t n = strlen(key);
+        bool ok = n > 0 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isalnum((unsigned char)key[i]) || strchr("!#$%&'*+-.^_`|~", key[i]);
+        if (!ok)
+            verr(c, "is not a header name (1 to 64 letters, digits or !#$%%&'*+-.^_`|~)");
+        for (size_t k = 0; ok && framing[k]; k++)
+            if (strcasecmp(key, framing[k]) == 0)
+                verr(c, "cannot be set by a route: it frames the message");
+        const char *s = json_string_value(val);
+        if (s) {
+            bool clean = strlen(s) <= 1024;
+            for (const char *p = s; clean && *p; p++)
+                clean = (unsigned char)*p >= 0x20 && *p != 0x7f;
+            if (!clean)
+                verr(c, "value must be at most 1024 printable characters (no CR, LF or controls)");
+        }
+        pop(c, m);
+    }
+}
+
 static void check_sticky(vctx_t *c, const json_t *v)
 {
     const char *s = json_string_value(v);
@@ -926,7 +967,11 @@ static void validate_value(vctx_t *c, const field_t *f, const json_t *v)
             pop(c, m);
         }
         break;
-    case FT_STRMAP: check_strmap(c, v, false); break;
+    case FT_STRMAP:
+        check_strmap(c, v, false);
+        if (f->check && json_is_object(v))
+            f->check(c, v);
+        break;
     case FT_ENV: check_strmap(c, v, true); break;
     case FT_STRARR:
         if (!json_is_array(v)) {
@@ -1277,8 +1322,8 @@ static void check_routes(vctx_t *c, const json_t *app)
         if (tcp) {
             if (!get(r, "internal"))
                 verr(c, "a TCP route needs an internal port");
-            static const char *const http_only[] = {"host", "path", "sticky"};
-            for (size_t k = 0; k < 3; k++)
+            static const char *const http_only[] = {"host", "path", "sticky", "headers"};
+            for (size_t k = 0; k < 4; k++)
                 if (get(r, http_only[k]))
                     verr_key(c, http_only[k], "is not valid for a TCP route");
         }

@@ -138,7 +138,10 @@ def gateway(tmp_path):
 
 
 def test_dev_gateway_routes_by_host(drover):
-    spec = service("/t/web", routes=[{"host": "web.test"}, {"host": "*.web.test", "path": "/slow"}])
+    security = {"Strict-Transport-Security": "max-age=31536000; preload",
+                "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"}
+    spec = service("/t/web", routes=[{"host": "web.test", "headers": security},
+                                     {"host": "*.web.test", "path": "/slow"}])
     assert drover.post("/v1/apps", spec).status == 201
     insts = wait_for(lambda: healthy(drover, "/t/web", 2), what="2 healthy instances")
     port = drover.gateway_port
@@ -150,6 +153,10 @@ def test_dev_gateway_routes_by_host(drover):
         status, headers, body = get(port, "/", "web.test")
         assert status == 200
         pids.add(pid_of(body))
+        # the route's security headers, as the field report's HAProxy set them
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["strict-transport-security"] == "max-age=31536000; preload"
+        assert headers["x-content-type-options"] == "nosniff"
     assert pids == {i["pid"] for i in insts}, (pids, insts)
 
     # Host matching ignores case and port; wildcards match subdomains by path.

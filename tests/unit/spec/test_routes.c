@@ -70,12 +70,41 @@ static void test_marathon_lb_labels(void **state)
            " {'host': 'admin.example.com', 'path': '/admin', 'portIndex': 1, 'tcp': false}]");
 }
 
+/* Per-route response headers (the field report's HSTS, X-Frame-Options,
+ * X-Content-Type-Options): accepted as given, bad ones named by path. */
+static void test_route_headers(void **state)
+{
+    (void)state;
+    spec_result_t r = expect_valid_at(
+        "{'id': '/web', 'cmd': 'x', 'routes': [{'host': 'w.example.com', 'headers': "
+        "{'Strict-Transport-Security': 'max-age=31536000; preload', 'X-Frame-Options': 'DENY'}}]}",
+        __FILE__, __LINE__);
+    json_t *h = json_object_get(json_array_get(json_object_get(r.app, "routes"), 0), "headers");
+    assert_string_equal(json_string_value(json_object_get(h, "X-Frame-Options")), "DENY");
+    spec_result_free(&r);
+    expect_error(
+        "{'id': '/web', 'cmd': 'x', 'routes': [{'host': 'w.x', 'headers': {'Bad Name': 'v'}}]}",
+        "$.routes[0].headers[\"Bad Name\"]", "not a header name");
+    expect_error(
+        "{'id': '/web', 'cmd': 'x', 'routes': [{'host': 'w.x', 'headers': {'X-A': 'a\\r\\nb'}}]}",
+        "$.routes[0].headers.X-A", "printable");
+    expect_error("{'id': '/web', 'cmd': 'x', 'routes': [{'host': 'w.x', 'headers': "
+                 "{'Content-Length': '1'}}]}",
+                 "$.routes[0].headers.Content-Length", "frames the message");
+    expect_error("{'id': '/web', 'cmd': 'x', 'routes': [{'host': 'w.x', 'headers': {'X-A': 1}}]}",
+                 "$.routes[0].headers.X-A", "must be a string");
+    expect_error("{'id': '/db', 'cmd': 'x', 'routes': [{'internal': 5432, 'tcp': true, "
+                 "'headers': {'X-A': 'b'}}]}",
+                 "$.routes[0].headers", "not valid for a TCP route");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_own_routes_copied),
         cmocka_unit_test(test_service_tags),
         cmocka_unit_test(test_marathon_lb_labels),
+        cmocka_unit_test(test_route_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
