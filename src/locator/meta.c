@@ -540,8 +540,9 @@ static int check_table(const msgpack_object_map *map, err_t *err)
 
 /* A node may contribute at most m->max_names names: a full table or a
  * change that would take it past that is refused whole. Why a bound: the
- * message limit alone admits ~150k tiny names, and inserting that many
- * into the merged table (a sorted array) would stall the loop for seconds. */
+ * message limit alone admits ~150k tiny names per message and a node could
+ * send such messages forever; one node must not be able to fill the
+ * metalocator's memory. */
 static int check_names_cap(const meta_t *m, const meta_node_t *node, const msgpack_object_map *map,
                            bool full, err_t *err)
 {

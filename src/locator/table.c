@@ -6,12 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A sorted array of entries: tables hold hundreds to a few thousand names,
- * changes are rare next to reads, and a sorted array makes ordered
- * iteration (full-table streams, DNS) free. */
+/* Entries live in an open-addressing hash table (lookups and changes in
+ * constant time, so a metalocator applying a full table of 100k names
+ * does not go quadratic), each allocated on its own so pointers handed out
+ * stay put; name order, which full-table streams want, is a sorted array
+ * of pointers rebuilt only when a name was added or removed since the
+ * last ordered walk. */
 typedef struct entry {
     loc_entry_t pub;
     loc_ep_t *eps; /* owned copies; pub.eps points here */
+    uint64_t hash;
 } entry_t;
 
 typedef struct listener {
@@ -21,8 +25,11 @@ typedef struct listener {
 } listener_t;
 
 struct loc_table {
-    entry_t *entries;
+    entry_t **slots; /* cap is a power of two; NULL: empty */
     size_t n, cap;
+    entry_t **order; /* every entry by name, when order_valid */
+    size_t order_cap;
+    bool order_valid;
     uint64_t revision;
     listener_t *ls;
     size_t n_ls, cap_ls;
@@ -56,33 +63,99 @@ void loc_table_free(loc_table_t *t)
 {
     if (!t)
         return;
-    for (size_t i = 0; i < t->n; i++) {
-        entry_clear(&t->entries[i]);
-        free((char *)t->entries[i].pub.name);
+    for (size_t i = 0; i < t->cap; i++) {
+        entry_t *e = t->slots[i];
+        if (!e)
+            continue;
+        entry_clear(e);
+        free((char *)e->pub.name);
+        free(e);
     }
-    free(t->entries);
+    free(t->slots);
+    free(t->order);
     free(t->ls);
     free(t);
 }
 
-/* Index of name, or where it would go (with *found false). */
-static size_t table_find(const loc_table_t *t, const char *name, bool *found)
+static uint64_t name_hash(const char *s)
 {
-    size_t lo = 0, hi = t->n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        int c = strcmp(t->entries[mid].pub.name, name);
-        if (c == 0) {
-            *found = true;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
     }
-    *found = false;
-    return lo;
+    return h;
+}
+
+/* The slot holding name, or the empty slot where it would go. */
+static size_t table_slot(const loc_table_t *t, const char *name, uint64_t h)
+{
+    size_t mask = t->cap - 1;
+    size_t i = (size_t)h & mask;
+    while (t->slots[i] && (t->slots[i]->hash != h || strcmp(t->slots[i]->pub.name, name) != 0))
+        i = (i + 1) & mask;
+    return i;
+}
+
+static entry_t *table_find(const loc_table_t *t, const char *name, uint64_t h)
+{
+    return t->cap ? t->slots[table_slot(t, name, h)] : NULL;
+}
+
+/* Keep the load under 1/2 so probes stay short. */
+static void table_grow(loc_table_t *t)
+{
+    size_t old_cap = t->cap;
+    entry_t **old = t->slots;
+    t->cap = old_cap ? old_cap * 2 : 16;
+    t->slots = xcalloc(t->cap, sizeof(entry_t *));
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i])
+            t->slots[table_slot(t, old[i]->pub.name, old[i]->hash)] = old[i];
+    free(old);
+}
+
+/* Linear probing's deletion: pull later members of the probe run back so
+ * no lookup stops early at the hole. */
+static void table_delete_slot(loc_table_t *t, size_t i)
+{
+    size_t mask = t->cap - 1;
+    t->slots[i] = NULL;
+    for (size_t j = (i + 1) & mask; t->slots[j]; j = (j + 1) & mask) {
+        entry_t *e = t->slots[j];
+        size_t home = (size_t)e->hash & mask;
+        /* e may move to i when i lies cyclically in [home, j) */
+        bool movable = i <= j ? (home <= i || home > j) : (home <= i && home > j);
+        if (movable) {
+            t->slots[i] = e;
+            t->slots[j] = NULL;
+            i = j;
+        }
+    }
+}
+
+static int entry_name_cmp(const void *a, const void *b)
+{
+    return strcmp((*(entry_t *const *)a)->pub.name, (*(entry_t *const *)b)->pub.name);
+}
+
+/* Name order for walks; the cache is rebuilt after adds and removals
+ * (updates of existing names keep it valid). */
+static void table_order(loc_table_t *t)
+{
+    if (t->order_valid)
+        return;
+    if (t->order_cap < t->n) {
+        t->order_cap = t->n;
+        t->order = xrealloc(t->order, t->order_cap * sizeof(entry_t *));
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slots[i])
+            t->order[k++] = t->slots[i];
+    if (k > 1)
+        qsort(t->order, k, sizeof(entry_t *), entry_name_cmp);
+    t->order_valid = true;
 }
 
 static int ep_cmp(const void *a, const void *b)
@@ -165,11 +238,10 @@ void loc_table_set_attrs(loc_table_t *t, const char *name, const loc_ep_t *eps, 
      * endpoints again would count as a change. */
     if (!api)
         api = "service";
-    bool found;
-    size_t at = table_find(t, name, &found);
-    if (found && eps_equal(t->entries[at].eps, t->entries[at].pub.n, copy, n) &&
-        t->entries[at].pub.version == version && str_eq(t->entries[at].pub.api, api) &&
-        attrs_equal(&t->entries[at].pub, attrs, attrs_len)) {
+    uint64_t h = name_hash(name);
+    entry_t *found = table_find(t, name, h);
+    if (found && eps_equal(found->eps, found->pub.n, copy, n) && found->pub.version == version &&
+        str_eq(found->pub.api, api) && attrs_equal(&found->pub, attrs, attrs_len)) {
         entry_t tmp = {.eps = copy, .pub = {.n = n}};
         entry_clear(&tmp);
         return;
@@ -181,30 +253,34 @@ void loc_table_set_attrs(loc_table_t *t, const char *name, const loc_ep_t *eps, 
     t->revision++;
     if (n == 0) {
         /* Tell listeners with the name still valid, then drop it. */
-        entry_t gone = t->entries[at];
-        memmove(&t->entries[at], &t->entries[at + 1], (t->n - at - 1) * sizeof(entry_t));
+        table_delete_slot(t, table_slot(t, name, h));
         t->n--;
-        loc_entry_t e = {
-            .name = gone.pub.name, .eps = NULL, .n = 0, .version = version, .api = gone.pub.api};
+        t->order_valid = false;
+        loc_entry_t e = {.name = found->pub.name,
+                         .eps = NULL,
+                         .n = 0,
+                         .version = version,
+                         .api = found->pub.api};
         table_notify(t, &e);
-        entry_clear(&gone);
-        free((char *)gone.pub.name);
+        entry_clear(found);
+        free((char *)found->pub.name);
+        free(found);
         free(copy);
         return;
     }
     if (!found) {
-        if (t->n == t->cap) {
-            t->cap = t->cap ? t->cap * 2 : 16;
-            t->entries = xrealloc(t->entries, t->cap * sizeof(entry_t));
-        }
-        memmove(&t->entries[at + 1], &t->entries[at], (t->n - at) * sizeof(entry_t));
+        if ((t->n + 1) * 2 > t->cap)
+            table_grow(t);
+        found = xcalloc(1, sizeof(entry_t));
+        found->pub.name = xstrdup(name);
+        found->hash = h;
+        t->slots[table_slot(t, name, h)] = found;
         t->n++;
-        memset(&t->entries[at], 0, sizeof(entry_t));
-        t->entries[at].pub.name = xstrdup(name);
+        t->order_valid = false;
     } else {
-        entry_clear(&t->entries[at]);
+        entry_clear(found);
     }
-    entry_t *en = &t->entries[at];
+    entry_t *en = found;
     en->eps = copy;
     en->pub.eps = copy;
     en->pub.n = n;
@@ -222,16 +298,19 @@ void loc_table_set_attrs(loc_table_t *t, const char *name, const loc_ep_t *eps, 
 
 const loc_entry_t *loc_table_get(const loc_table_t *t, const char *name)
 {
-    bool found;
-    size_t at = table_find(t, name, &found);
-    return found ? &t->entries[at].pub : NULL;
+    entry_t *e = table_find(t, name, name_hash(name));
+    return e ? &e->pub : NULL;
 }
 
 void loc_table_foreach(const loc_table_t *t, int (*fn)(const loc_entry_t *e, void *data),
                        void *data)
 {
-    for (size_t i = 0; i < t->n; i++)
-        if (fn(&t->entries[i].pub, data))
+    /* The order cache is internal state, not the table's value: building
+     * it in a const walk is what keeps walks cheap between changes. */
+    loc_table_t *mt = (loc_table_t *)t;
+    table_order(mt);
+    for (size_t i = 0; i < mt->n; i++)
+        if (fn(&mt->order[i]->pub, data))
             return;
 }
 

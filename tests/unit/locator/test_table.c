@@ -319,13 +319,80 @@ static void test_listeners(void **state)
     loc_table_free(t);
 }
 
+/* Many names added and removed in a random order: every lookup and every
+ * ordered walk agrees with a plain reference array (this exercises hash
+ * collisions, growth and the deletion that shifts probe runs back). */
+typedef struct walk_check {
+    const char *prev;
+    size_t n;
+    bool sorted;
+} walk_check_t;
+
+static int walk_check_fn(const loc_entry_t *e, void *data)
+{
+    walk_check_t *w = data;
+    if (w->prev && strcmp(w->prev, e->name) >= 0)
+        w->sorted = false;
+    w->prev = e->name;
+    w->n++;
+    return 0;
+}
+
+static void test_many_names(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    loc_table_t *t = loc_table_new();
+    static bool present[N];
+    memset(present, 0, sizeof(present));
+    unsigned seed = 12345;
+    size_t count = 0;
+    char name[32];
+    for (int round = 0; round < 4 * N; round++) {
+        seed = seed * 1103515245u + 12345u;
+        int k = (int)((seed >> 8) % N);
+        snprintf(name, sizeof(name), "/svc/%05d", k);
+        if (present[k] && (seed & 0x10000)) {
+            loc_table_set(t, name, NULL, 0, 0, NULL);
+            present[k] = false;
+            count--;
+        } else if (!present[k]) {
+            set1(t, name, "10.0.0.1", 1000 + k % 50000, k);
+            present[k] = true;
+            count++;
+        }
+        if (round % 4000 == 0) {
+            walk_check_t w = {.sorted = true};
+            loc_table_foreach(t, walk_check_fn, &w);
+            assert_true(w.sorted);
+            assert_int_equal(w.n, count);
+        }
+    }
+    assert_int_equal(loc_table_count(t), count);
+    for (int k = 0; k < N; k++) {
+        snprintf(name, sizeof(name), "/svc/%05d", k);
+        const loc_entry_t *e = loc_table_get(t, name);
+        if (present[k]) {
+            assert_non_null(e);
+            assert_int_equal(e->version, k);
+        } else {
+            assert_null(e);
+        }
+    }
+    walk_check_t w = {.sorted = true};
+    loc_table_foreach(t, walk_check_fn, &w);
+    assert_true(w.sorted);
+    assert_int_equal(w.n, count);
+    loc_table_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty),     cmocka_unit_test(test_set_copies_and_sorts),
         cmocka_unit_test(test_defaults),  cmocka_unit_test(test_revision_only_on_change),
         cmocka_unit_test(test_remove),    cmocka_unit_test(test_foreach_order),
-        cmocka_unit_test(test_listeners),
+        cmocka_unit_test(test_listeners), cmocka_unit_test(test_many_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
