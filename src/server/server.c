@@ -321,6 +321,21 @@ static int server_start_control_plane(server_t *s, err_t *err)
     return 0;
 }
 
+/* DNS answers from the merged table (every node), or from the agent's own
+ * table on an agent-only process. */
+static int server_start_dns(server_t *s, err_t *err)
+{
+    const server_options_t *opts = s->opts;
+    loc_table_t *t = s->merged ? s->merged : (s->agent ? agent_table(s->agent) : NULL);
+    int rc = t ? dns_server_start(&s->loop, opts->dns_addr, t, NULL, &s->dns, err) : 0;
+    if (rc)
+        err_wrap(err, rc, "DNS on %s", opts->dns_addr);
+    else if (s->dns)
+        log_info("server", "DNS on %s:%d (names like web.production.drover.)", opts->dns_addr,
+                 dns_server_port(s->dns));
+    return rc;
+}
+
 int server_run(const server_options_t *opts)
 {
     err_t err = {0};
@@ -339,8 +354,6 @@ int server_run(const server_options_t *opts)
     int rc = 0;
     if (opts->run_control_plane)
         rc = server_start_control_plane(&s, &err);
-    /* The gateway binds its fixed port before the agent and DNS take
-     * ephemeral ones, so they can never land on it. */
     if (!rc && opts->gateway_addr && s.meta_loc) {
         char *meta = xasprintf("127.0.0.1:%d", loc_server_port(s.meta_loc));
         gateway_opts_t go = {.metalocator = meta, .uuid = "dev-gateway"};
@@ -353,22 +366,17 @@ int server_run(const server_options_t *opts)
             log_info("server", "gateway on http://%s (apps' routes; Host header picks the app)",
                      opts->gateway_addr);
     }
+    /* Fixed ports bind before the agent takes ephemeral ones, so those can
+     * never land on them. */
+    if (!rc && opts->dns_addr && s.merged)
+        rc = server_start_dns(&s, &err);
     if (!rc && opts->run_agent) {
         rc = agent_start(&s.loop, &opts->agent, &s.agent, &err);
         if (rc)
             err_wrap(&err, rc, "starting the agent");
     }
-    if (!rc && opts->dns_addr) {
-        /* DNS answers from the merged table (every node), or from the
-         * agent's own table on an agent-only process. */
-        loc_table_t *t = s.merged ? s.merged : (s.agent ? agent_table(s.agent) : NULL);
-        rc = t ? dns_server_start(&s.loop, opts->dns_addr, t, NULL, &s.dns, &err) : 0;
-        if (rc)
-            err_wrap(&err, rc, "DNS on %s", opts->dns_addr);
-        else
-            log_info("server", "DNS on %s:%d (names like web.production.drover.)", opts->dns_addr,
-                     dns_server_port(s.dns));
-    }
+    if (!rc && opts->dns_addr && !s.merged)
+        rc = server_start_dns(&s, &err);
     if (rc) {
         log_error("server", "%s", err_str(&err, rc));
         s.stopping = true;
