@@ -906,6 +906,25 @@ static int req_on_url(http_parser *p, const char *at, size_t n)
     return 0;
 }
 
+/* Open the next header span at byte offset off of the head (request and
+ * response heads are recorded the same way, as offsets into the
+ * connection's input buffer); false past GW_MAX_HEADERS. */
+static bool hspan_open(gw_hspan_t **hs, size_t *n, size_t *cap, uint32_t off)
+{
+    if (*n >= GW_MAX_HEADERS)
+        return false;
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 32;
+        *hs = xrealloc(*hs, *cap * sizeof(**hs));
+    }
+    gw_hspan_t *h = &(*hs)[(*n)++];
+    h->name = off;
+    h->name_len = 0;
+    h->val = off;
+    h->val_len = 0;
+    return true;
+}
+
 static int req_on_header_field(http_parser *p, const char *at, size_t n)
 {
     gw_client_t *c = p->data;
@@ -913,19 +932,10 @@ static int req_on_header_field(http_parser *p, const char *at, size_t n)
     if (c->state != CS_HEAD)
         return 0; /* trailers: dropped */
     if (c->cb_state != CB_FIELD) {
-        if (c->nhs >= GW_MAX_HEADERS) {
+        if (!hspan_open(&t->hs, &c->nhs, &t->hs_cap, (uint32_t)(at - c->in))) {
             c->too_many_headers = true;
             return 1;
         }
-        if (c->nhs == t->hs_cap) {
-            t->hs_cap = t->hs_cap ? t->hs_cap * 2 : 32;
-            t->hs = xrealloc(t->hs, t->hs_cap * sizeof(*t->hs));
-        }
-        gw_hspan_t *h = &t->hs[c->nhs++];
-        h->name = (uint32_t)(at - c->in);
-        h->name_len = 0;
-        h->val = h->name;
-        h->val_len = 0;
         c->cb_state = CB_FIELD;
     }
     t->hs[c->nhs - 1].name_len += (uint32_t)n;
@@ -1827,17 +1837,8 @@ static int resp_on_header_field(http_parser *p, const char *at, size_t n)
     if (u->head_done)
         return 0; /* trailers */
     if (u->cb_state != CB_FIELD) {
-        if (u->nhs >= GW_MAX_HEADERS)
+        if (!hspan_open(&u->hs, &u->nhs, &u->hs_cap, (uint32_t)(at - u->in)))
             return 1;
-        if (u->nhs == u->hs_cap) {
-            u->hs_cap = u->hs_cap ? u->hs_cap * 2 : 32;
-            u->hs = xrealloc(u->hs, u->hs_cap * sizeof(*u->hs));
-        }
-        gw_hspan_t *h = &u->hs[u->nhs++];
-        h->name = (uint32_t)(at - u->in);
-        h->name_len = 0;
-        h->val = h->name;
-        h->val_len = 0;
         u->cb_state = CB_FIELD;
     }
     u->hs[u->nhs - 1].name_len += (uint32_t)n;
