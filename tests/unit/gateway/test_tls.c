@@ -14,6 +14,8 @@
 #include "core/log.h"
 #include "gateway/tls.h"
 
+#include "certs_test.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -28,110 +30,6 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
-
-/* ---- certificates ----------------------------------------------------------- */
-
-static char tmpdir[64];
-static long next_serial = 1;
-
-typedef struct cert {
-    EVP_PKEY *key;
-    X509 *crt;
-} cert_t;
-
-/* The CA that signs every leaf, so a client can verify for real. */
-static cert_t ca;
-
-static char *tpath(const char *name)
-{
-    return xasprintf("%s/%s", tmpdir, name);
-}
-
-static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-    assert_non_null(ext);
-    assert_int_equal(X509_add_ext(x, ext, -1), 1);
-    X509_EXTENSION_free(ext);
-}
-
-/* A certificate for cn with the SANs given ("DNS:a,DNS:b"), signed by the
- * CA (or self-signed when making the CA). days < 0 makes it expired. */
-static cert_t make_cert(const char *cn, const char *san, bool rsa, int days)
-{
-    cert_t c;
-    c.key = rsa ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048)
-                : EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    assert_non_null(c.key);
-    X509 *x = X509_new();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), next_serial++);
-    X509_gmtime_adj(X509_getm_notBefore(x), days < 0 ? -2 * 86400L : -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400L);
-    X509_set_pubkey(x, c.key);
-    X509_NAME *nm = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    bool is_ca = ca.crt == NULL;
-    X509_set_issuer_name(x, is_ca ? nm : X509_get_subject_name(ca.crt));
-    if (is_ca) {
-        add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE");
-        add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
-    } else {
-        add_ext(x, ca.crt, NID_basic_constraints, "CA:FALSE");
-        if (san)
-            add_ext(x, ca.crt, NID_subject_alt_name, san);
-    }
-    assert_true(X509_sign(x, is_ca ? c.key : ca.key, EVP_sha256()) > 0);
-    c.crt = x;
-    return c;
-}
-
-static void cert_free(cert_t *c)
-{
-    EVP_PKEY_free(c->key);
-    X509_free(c->crt);
-    c->key = NULL;
-    c->crt = NULL;
-}
-
-/* Write through a temp file and rename, as certificate tooling does, so a
- * reload never sees half a file. */
-static void write_file(const char *name, const char *text, size_t len)
-{
-    char *p = tpath(name);
-    char *t = xasprintf("%s.tmp", p);
-    FILE *f = fopen(t, "w");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-    assert_int_equal(rename(t, p), 0);
-    free(t);
-    free(p);
-}
-
-/* <name>.crt (leaf + CA, a real chain) and <name>.key. */
-static void install(const char *name, const cert_t *c)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    assert_int_equal(PEM_write_bio_X509(b, c->crt), 1);
-    assert_int_equal(PEM_write_bio_X509(b, ca.crt), 1);
-    char *data;
-    long n = BIO_get_mem_data(b, &data);
-    char *fn = xasprintf("%s.crt", name);
-    write_file(fn, data, (size_t)n);
-    free(fn);
-    BIO_free(b);
-    b = BIO_new(BIO_s_mem());
-    assert_int_equal(PEM_write_bio_PrivateKey(b, c->key, NULL, NULL, 0, NULL, NULL), 1);
-    n = BIO_get_mem_data(b, &data);
-    fn = xasprintf("%s.key", name);
-    write_file(fn, data, (size_t)n);
-    free(fn);
-    BIO_free(b);
-}
 
 /* Entries point at <name>.crt / <name>.key; strings live until cin_free. */
 typedef struct cin {
@@ -161,8 +59,7 @@ static cert_t c_a, c_b, c_wild, c_def, c_a2, c_rsa;
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/drover-tls-XXXXXX");
-    if (!mkdtemp(tmpdir))
+    if (certs_dir_make("drover-tls") < 0)
         return -1;
     ca = make_cert("drover test CA", NULL, false, 30);
     c_a = make_cert("a.example.com", "DNS:a.example.com", false, 30);
@@ -186,19 +83,7 @@ static int group_teardown(void **state)
     cert_t *all[] = {&c_a, &c_a2, &c_b, &c_wild, &c_def, &c_rsa, &ca};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         cert_free(all[i]);
-    DIR *d = opendir(tmpdir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (e->d_name[0] == '.')
-                continue;
-            char *p = tpath(e->d_name);
-            unlink(p);
-            free(p);
-        }
-        closedir(d);
-    }
-    rmdir(tmpdir);
+    certs_dir_remove();
     return 0;
 }
 
