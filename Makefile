@@ -40,12 +40,12 @@ UNIT_BIN := $(patsubst %.c,build/asan/%,$(UNIT_SRC))
 TEST_DEPS_http :=
 TEST_DEPS_store :=
 TEST_DEPS_spec :=
-TEST_DEPS_api := store spec http
+TEST_DEPS_api := store spec http sched
 TEST_DEPS_isolate :=
 TEST_DEPS_agent := isolate http spec locator
 TEST_DEPS_sched := store spec
 TEST_DEPS_cli := http
-TEST_DEPS_gateway := locator http
+TEST_DEPS_gateway := locator http spec
 mod_objs = $(filter build/asan/src/core/% $(foreach m,$(1) $(TEST_DEPS_$(1)),build/asan/src/$(m)/%),$(ASAN_LIB_OBJ))
 
 .PHONY: all asan unit check test deps demo lint format fuzz bench clean integration

@@ -38,6 +38,10 @@ enum {
     K_PEERS,
     K_DNS,
     K_GATEWAY,
+    K_HOSTNAME,
+    K_CPUS,
+    K_MEM,
+    K_REPLACE_LOST,
     K_CONFIG,
     K_COUNT
 };
@@ -47,6 +51,7 @@ static const char *const main_keys[] = {
     "server",      "labels",   "advertise",     "listen",    "ports",
     "harden",      "locator",  "drain-timeout", "announce",  "announce-interval",
     "announce-if", "discover", "peers",         "dns",       "gateway",
+    "hostname",    "cpus",     "mem",           "replace-lost-after",
     "config",      NULL};
 _Static_assert(sizeof(main_keys) / sizeof(*main_keys) == K_COUNT + 1,
                "main_keys must list every K_ flag");
@@ -58,11 +63,14 @@ static bool main_key_allowed(const char *verb, int k)
         return true;
     if (!strcmp(verb, "server"))
         return k == K_API || k == K_STORE || k == K_LOCATOR || k == K_DNS || k == K_DISCOVER ||
-               k == K_PEERS || k == K_ANNOUNCE_INTERVAL || k == K_ANNOUNCE_IF;
+               k == K_PEERS || k == K_ANNOUNCE_INTERVAL || k == K_ANNOUNCE_IF ||
+               k == K_REPLACE_LOST;
     if (!strcmp(verb, "agent"))
-        return k >= K_SERVER && k <= K_ANNOUNCE_IF;
+        return (k >= K_SERVER && k <= K_ANNOUNCE_IF) || k == K_HOSTNAME || k == K_CPUS ||
+               k == K_MEM;
     return k == K_API || k == K_LABELS || k == K_PORTS || k == K_HARDEN || k == K_LOCATOR ||
-           k == K_DRAIN || k == K_DNS || k == K_GATEWAY; /* dev */
+           k == K_DRAIN || k == K_DNS || k == K_GATEWAY || k == K_HOSTNAME || k == K_CPUS ||
+           k == K_MEM || k == K_REPLACE_LOST; /* dev */
 }
 
 static void main_process_usage(FILE *out, const char *verb)
@@ -83,6 +91,10 @@ static void main_process_usage(FILE *out, const char *verb)
             "  --api ADDR        API listen address (default 127.0.0.1:7400)\n"
             "  --ports LO-HI     host ports for instances (default 20000-32000)\n"
             "  --labels K=V,...  node labels\n"
+            "  --hostname NAME   the node's hostname for constraints (default: this host's)\n"
+            "  --cpus N          cpus offered to placement (default: the online processors)\n"
+            "  --mem MIB         memory offered to placement (default: the machine's)\n"
+            "  --replace-lost-after D  replace a lost node's instances after D (default 0s)\n"
             "  --harden          run instances in their own namespaces with no_new_privs\n"
             "  --locator ADDR    the (meta)locator routers and `drover resolve` ask, msgpack RPC\n"
             "                    (default 127.0.0.1:10053)\n"
@@ -110,6 +122,9 @@ static void main_process_usage(FILE *out, const char *verb)
             "  --data-dir DIR     node id, instance sandboxes and logs (default "
             "/var/lib/drover-agent)\n"
             "  --labels K=V,...   node labels for placement constraints (disk=ssd,rack=r1)\n"
+            "  --hostname NAME    the node's hostname for constraints (default: this host's)\n"
+            "  --cpus N           cpus offered to placement (default: the online processors)\n"
+            "  --mem MIB          memory offered to placement (default: the machine's)\n"
             "  --advertise ADDR   address instances are reached at (default: first non-loopback "
             "IPv4)\n"
             "  --listen ADDR      the agent's HTTP endpoint for logs (default 0.0.0.0:7401)\n"
@@ -143,6 +158,8 @@ static void main_process_usage(FILE *out, const char *verb)
                 "  announce-interval  the nodes' announce interval (default 5s; gone after 3)\n"
                 "  announce-if  IPv4 address of the interface to listen on\n"
                 "  peers        static node locators: id=host:port,id=host:port\n"
+                "  replace-lost-after  wait this long before replacing the instances of a node\n"
+                "               whose lease expired (default 0s: at once)\n"
                 "  log-level    debug, info, warn, error\n"
                 "  log-format   text or json\n"
                 "\n"
@@ -266,6 +283,29 @@ static int main_process(int argc, char **argv)
     };
     char *dev_agent_dir = NULL, *dev_server_url = NULL;
     so.agent.labels = vals[K_LABELS];
+    so.agent.hostname = vals[K_HOSTNAME];
+    if (vals[K_CPUS]) {
+        char *end = NULL;
+        so.agent.cpus = strtod(vals[K_CPUS], &end);
+        if (!end || *end || !(so.agent.cpus > 0) || so.agent.cpus > 1e6) {
+            fprintf(stderr, "drover %s: cpus %s: expected a number > 0\n", verb, vals[K_CPUS]);
+            config_free(cfg);
+            return 2;
+        }
+    }
+    if (vals[K_MEM] && str_to_i64(vals[K_MEM], 1, INT64_MAX / 2, &so.agent.mem_mb)) {
+        fprintf(stderr, "drover %s: mem %s: expected MiB, an integer > 0\n", verb, vals[K_MEM]);
+        config_free(cfg);
+        return 2;
+    }
+    int64_t lost_ms = 0;
+    if (vals[K_REPLACE_LOST] && str_to_duration_ms(vals[K_REPLACE_LOST], &lost_ms)) {
+        fprintf(stderr, "drover %s: replace-lost-after %s: expected a duration like 0s or 5m\n",
+                verb, vals[K_REPLACE_LOST]);
+        config_free(cfg);
+        return 2;
+    }
+    so.lost_delay_ms = (uint64_t)(lost_ms > 0 ? lost_ms : 0);
     so.agent.ports = vals[K_PORTS];
     so.agent.harden = harden;
     so.agent.locator = vals[K_LOCATOR];

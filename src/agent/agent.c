@@ -309,13 +309,11 @@ static int agent_parse_labels(const char *s, json_t *out, err_t *err)
 
 static json_t *agent_node_record(agent_t *a)
 {
-    struct sysinfo si;
-    sysinfo(&si);
-    json_int_t mem_mb = (json_int_t)((uint64_t)si.totalram * si.mem_unit / (1024 * 1024));
-    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:i, s:I, s:[i,i], s:s, s:[s], s:s}", "id",
+    double cpus = a->opts.cpus > 0 ? a->opts.cpus : (double)sysconf(_SC_NPROCESSORS_ONLN);
+    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:f, s:I, s:[i,i], s:s, s:[s], s:s}", "id",
                      a->node_id, "hostname", a->hostname, "address", a->advertise, "agent_url",
-                     a->agent_url, "labels", a->labels, "cpus", (int)sysconf(_SC_NPROCESSORS_ONLN),
-                     "mem_mb", mem_mb, "ports", a->ports.lo, a->ports.hi, "version", AGENT_VERSION,
+                     a->agent_url, "labels", a->labels, "cpus", cpus, "mem_mb",
+                     (json_int_t)a->mem_total_mb, "ports", a->ports.lo, a->ports.hi, "version", AGENT_VERSION,
                      "isolates", a->isolate->name, "locator", a->locator_addr);
 }
 
@@ -713,9 +711,11 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     err_t probe = {0};
     if (a->isolate->probe(&probe))
         log_warn("agent", "isolate %s: %s", a->isolate->name, probe.msg);
+    if (opts->mem_mb > 0)
+        a->mem_total_mb = opts->mem_mb;
     char host[256] = "localhost";
     gethostname(host, sizeof(host) - 1);
-    a->hostname = xstrdup(host);
+    a->hostname = xstrdup(opts->hostname && *opts->hostname ? opts->hostname : host);
     a->advertise = opts->advertise ? xstrdup(opts->advertise) : agent_detect_address();
 
     http_limits_t lim;

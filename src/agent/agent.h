@@ -30,6 +30,9 @@ typedef struct agent_options {
     uint64_t announce_interval_ms; /* default 5 s */
     const char *announce_if;       /* IPv4 address of the interface to announce on (default any) */
     bool harden;                   /* namespaces / no_new_privs for instances */
+    const char *hostname;          /* the node's "hostname" for constraints (default: the host's) */
+    double cpus;                   /* cpus offered to placement (0: the online processors) */
+    int64_t mem_mb;                /* memory offered, MiB (0: the machine's) */
 } agent_options_t;
 
 int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err_t *err);

@@ -197,6 +197,8 @@ void api_handle(http_req_t *req, void *data)
         api_artifacts_handle(api, req, p + strlen("/v1/artifacts"));
     } else if (strcmp(p, "/v1/groups") == 0 || str_has_prefix(p, "/v1/groups/")) {
         api_groups_handle(api, req, p + strlen("/v1/groups"));
+    } else if (strcmp(p, "/v1/deployments") == 0 || str_has_prefix(p, "/v1/deployments/")) {
+        api_deployments_handle(api, req, p + strlen("/v1/deployments"));
     } else if (strcmp(p, "/v1/events") == 0) {
         api_events_handle(api, req);
     } else if (strcmp(p, "/v1/status") == 0) {

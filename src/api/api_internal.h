@@ -89,5 +89,6 @@ void api_artifacts_handle(api_t *api, http_req_t *req, const char *rest);
 void api_kv_handle(api_t *api, http_req_t *req, const char *key);
 void api_groups_handle(api_t *api, http_req_t *req, const char *rest);
 void api_events_handle(api_t *api, http_req_t *req);
+void api_deployments_handle(api_t *api, http_req_t *req, const char *rest);
 
 #endif

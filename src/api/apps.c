@@ -3,9 +3,11 @@
 #include "api/api_internal.h"
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/str.h"
+#include "sched/records.h"
 #include "spec/spec.h"
 
 #include <errno.h>
@@ -30,6 +32,13 @@ typedef struct app_call {
     int64_t version; /* version written */
     bool created;
     json_t *record; /* app record written */
+    rec_kind_t kind;
+    int canary;             /* REC_CANARY: percent */
+    json_int_t scale;       /* REC_SCALE: instances */
+    int64_t target_version; /* REC_ROLLBACK: 0 = the previous differing one */
+    int64_t rollback_from;
+    char *config_prefix; /* the spec's "config", without slashes at the ends */
+    char kind_name[16];
 } app_call_t;
 
 static app_call_t *app_call_new(api_t *api, http_req_t *req, const char *id)
@@ -51,12 +60,13 @@ static void app_call_free(app_call_t *c)
     json_decref(c->spec);
     json_decref(c->warnings);
     json_decref(c->record);
+    free(c->config_prefix);
     free(c);
 }
 
 static char *apps_version_key(const char *id, int64_t version)
 {
-    return xasprintf("%s%s@%010" PRId64, API_VERSIONS_PREFIX, id, version);
+    return rec_version_key(id, version);
 }
 
 /* Parse a stored record; NULL (logged) when the store holds junk, which
@@ -97,62 +107,78 @@ static void apps_list_done(int status, const err_t *err, const store_result_t *r
 
 /* Records are stored as canonical JSON, so a read answers with the stored
  * bytes as they are: no parse, no serialisation on the hot path. The app's
- * last failure (a record of its own, written with the failed instance's
- * report) is spliced in before the closing brace. */
+ * last failure and its placement problem (records of their own, written by
+ * agents' reports and by the scheduler) are spliced in before the closing
+ * brace. */
 static void apps_get_done(int status, const err_t *err, const store_result_t *res, void *data)
 {
     app_call_t *c = data;
     const store_op_result_t *op = status ? NULL : &res->ops[0];
-    const store_op_result_t *fop = status ? NULL : &res->ops[1];
     if (status) {
         api_reply_store_error(c->api, c->req, status, err);
-    } else if (!op->n_kvs) {
-        api_reply_error(c->api, c->req, 404, NULL, "app %s not found", c->id);
-    } else {
-        const store_kv_t *kv = &op->kvs[0];
-        const char *end = kv->value_len ? memrchr(kv->value, '}', kv->value_len) : NULL;
-        const store_kv_t *fkv = fop->n_kvs ? &fop->kvs[0] : NULL;
-        if (!end || !fkv || !fkv->value_len || fkv->value[0] != '{') {
-            api_reply_raw_json(c->api, c->req, 200, kv->value, kv->value_len, res->rev);
-        } else {
-            static const char field[] = ",\"lastTaskFailure\":";
-            size_t head = (size_t)(end - kv->value);
-            size_t len = head + sizeof(field) - 1 + fkv->value_len + (kv->value_len - head);
-            char *text = xmalloc(len + 1);
-            memcpy(text, kv->value, head);
-            memcpy(text + head, field, sizeof(field) - 1);
-            memcpy(text + head + sizeof(field) - 1, fkv->value, fkv->value_len);
-            memcpy(text + len - (kv->value_len - head), end, kv->value_len - head);
-            text[len] = '\0';
-            api_reply_raw_json(c->api, c->req, 200, text, len, res->rev);
-            free(text);
-        }
+        app_call_free(c);
+        return;
     }
+    if (!op->n_kvs) {
+        api_reply_error(c->api, c->req, 404, NULL, "app %s not found", c->id);
+        app_call_free(c);
+        return;
+    }
+    const store_kv_t *kv = &op->kvs[0];
+    const char *end = kv->value_len ? memrchr(kv->value, '}', kv->value_len) : NULL;
+    if (!end) {
+        api_reply_raw_json(c->api, c->req, 200, kv->value, kv->value_len, res->rev);
+        app_call_free(c);
+        return;
+    }
+    static const char *const fields[] = {",\"lastTaskFailure\":", ",\"placement\":"};
+    buf_t b;
+    buf_init(&b, 0);
+    buf_append(&b, kv->value, (size_t)(end - kv->value));
+    for (size_t i = 0; i < 2; i++) {
+        const store_op_result_t *fop = &res->ops[i + 1];
+        const store_kv_t *fkv = fop->n_kvs ? &fop->kvs[0] : NULL;
+        buf_append(&b, fields[i], strlen(fields[i]));
+        if (fkv && fkv->value_len && fkv->value[0] == '{')
+            buf_append(&b, fkv->value, fkv->value_len);
+        else
+            buf_append(&b, "null", 4);
+    }
+    buf_append(&b, end, kv->value_len - (size_t)(end - kv->value));
+    api_reply_raw_json(c->api, c->req, 200, b.data, b.len, res->rev);
+    buf_free(&b);
     app_call_free(c);
 }
 
 static void apps_get(app_call_t *c)
 {
     char *fkey = xasprintf("%s%s", API_LASTFAILURE_PREFIX, c->id);
-    store_op_t ops[2] = {
+    char *pkey = xasprintf("%s%s", REC_PLACEMENT_PREFIX, c->id);
+    store_op_t ops[3] = {
         {.type = STORE_OP_GET, .key = c->app_key},
         {.type = STORE_OP_GET, .key = fkey},
+        {.type = STORE_OP_GET, .key = pkey},
     };
-    if (store_txn(c->api->store, NULL, 0, ops, 2, NULL, 0, apps_get_done, c)) {
+    if (store_txn(c->api->store, NULL, 0, ops, 3, NULL, 0, apps_get_done, c)) {
         api_reply_error(c->api, c->req, 503, NULL, "store unavailable");
         app_call_free(c);
     }
     free(fkey);
+    free(pkey);
 }
 
-/* ---- create / update ---- */
+/* ---- create / update and actions ---- */
 
 static void apps_write_start(app_call_t *c);
 
 static json_t *apps_response(app_call_t *c, bool changed)
 {
     json_t *body = json_pack("{s:s, s:I, s:b, s:O}", "id", c->id, "version", (json_int_t)c->version,
-                             "changed", changed, "warnings", c->warnings);
+                             "changed", changed, "warnings",
+                             c->warnings ? c->warnings : json_array());
+    json_t *dep = c->record ? json_object_get(c->record, "deployment") : NULL;
+    json_object_set_new(body, "deployment",
+                        changed && json_is_string(dep) ? json_incref(dep) : json_null());
     if (c->record)
         json_object_set(body, "app", c->record);
     return body;
@@ -173,11 +199,44 @@ static void apps_write_done(int status, const err_t *err, const store_result_t *
         api_reply_error(c->api, c->req, 409, NULL, "app %s kept changing concurrently; try again",
                         c->id);
     } else {
-        log_info("api", "app %s %s, version %" PRId64, c->id, c->created ? "created" : "updated",
-                 c->version);
+        log_info("api", "app %s %s: version %" PRId64 ", deployment %s (%s)", c->id,
+                 c->created ? "created" : "changed", c->version,
+                 json_str(c->record, "deployment"), c->kind_name);
         api_reply_json(c->api, c->req, c->created ? 201 : 200, apps_response(c, true), res->rev);
     }
     app_call_free(c);
+}
+
+/* The version a rollback without a number goes to: the newest one older
+ * than the current whose spec or config differs from the current's (the
+ * versions between may be scales of it). */
+static const json_t *apps_rollback_pick(app_call_t *c, const json_t *cur, json_t *versions,
+                                        err_t *err)
+{
+    json_int_t cur_v = json_integer_value(json_object_get(cur, "version"));
+    const json_t *cur_spec = json_object_get(cur, "spec");
+    const json_t *cur_env = json_object_get(cur, "config_env");
+    for (size_t i = json_array_size(versions); i-- > 0;) {
+        const json_t *v = json_array_get(versions, i);
+        json_int_t n = json_integer_value(json_object_get(v, "version"));
+        if (c->target_version) {
+            if (n == c->target_version)
+                return v;
+            continue;
+        }
+        if (n >= cur_v)
+            continue;
+        const json_t *env = json_object_get(v, "config_env");
+        if (!json_equal((json_t *)json_object_get(v, "spec"), (json_t *)cur_spec) ||
+            !json_equal(env ? (json_t *)env : json_null(), cur_env ? (json_t *)cur_env : json_null()))
+            return v;
+    }
+    if (c->target_version)
+        err_set(err, -ENOENT, "app %s has no version %" PRId64, c->id, c->target_version);
+    else
+        err_set(err, -ENOENT, "app %s has no earlier version that differs from version %" PRId64,
+                c->id, (int64_t)cur_v);
+    return NULL;
 }
 
 static void apps_current_done(int status, const err_t *err, const store_result_t *res, void *data)
@@ -191,73 +250,157 @@ static void apps_current_done(int status, const err_t *err, const store_result_t
     const store_op_result_t *op = &res->ops[0];
     json_t *cur = op->n_kvs ? apps_record_parse(&op->kvs[0]) : NULL;
     int64_t mod_rev = op->n_kvs ? op->kvs[0].mod_rev : 0;
-    json_t *cur_spec = cur ? json_object_get(cur, "spec") : NULL;
+    const json_t *cur_spec = cur ? json_object_get(cur, "spec") : NULL;
     json_int_t cur_version = cur ? json_integer_value(json_object_get(cur, "version")) : 0;
-    bool changed = !cur_spec || !json_equal(cur_spec, c->spec);
+    json_t *config_env = NULL;
+    if (c->config_prefix && res->n_ops > 1)
+        config_env = rec_config_env(res->ops[1].kvs, res->ops[1].n_kvs, c->config_prefix);
 
     if (c->dry_run) {
-        json_t *body =
-            json_pack("{s:s, s:b, s:o, s:O, s:o, s:O}", "id", c->id, "changed", changed,
-                      "current_version", cur ? json_integer(cur_version) : json_null(), "spec",
-                      c->spec, "diff", spec_diff(cur_spec, c->spec), "warnings", c->warnings);
+        bool changed = !cur_spec || !json_equal((json_t *)cur_spec, c->spec);
+        json_t *body = json_pack("{s:s, s:b, s:o, s:O, s:o, s:O}", "id", c->id, "changed",
+                                 changed, "current_version",
+                                 cur ? json_integer(cur_version) : json_null(), "spec", c->spec,
+                                 "diff", spec_diff(cur_spec, c->spec), "warnings", c->warnings);
         api_reply_json(c->api, c->req, 200, body, res->rev);
+        json_decref(cur);
+        json_decref(config_env);
+        app_call_free(c);
+        return;
+    }
+
+    err_t e = {0};
+    json_t *spec = NULL; /* the spec the change deploys */
+    json_t *versions = NULL;
+    int rc = 0;
+    if (!cur && c->kind != REC_DEPLOY) {
+        rc = err_set(&e, -ENOENT, "app %s not found", c->id);
+    } else if (c->kind == REC_DEPLOY || c->kind == REC_CANARY) {
+        spec = json_incref(c->spec);
+        if (c->kind == REC_CANARY && !cur)
+            rc = err_set(&e, -ENOENT, "app %s not found: a canary runs beside a current version",
+                         c->id);
+        else if (c->kind == REC_CANARY && json_equal((json_t *)cur_spec, spec))
+            rc = err_set(&e, -EALREADY, "the canary spec equals app %s's current spec", c->id);
+    } else if (c->kind == REC_SCALE) {
+        spec = json_deep_copy(cur_spec);
+        json_object_set_new(spec, "instances", json_integer(c->scale));
+        config_env = json_incref(json_object_get(cur, "config_env"));
+    } else if (c->kind == REC_ROLLBACK) {
+        versions = json_array();
+        for (size_t i = 0; i < res->ops[1].n_kvs; i++) {
+            json_t *v = apps_record_parse(&res->ops[1].kvs[i]);
+            if (v)
+                json_array_append_new(versions, v);
+        }
+        const json_t *v = apps_rollback_pick(c, cur, versions, &e);
+        if (!v) {
+            rc = -ENOENT;
+        } else {
+            spec = json_deep_copy(json_object_get(v, "spec"));
+            /* a rollback keeps today's count: only what runs goes back */
+            json_object_set(spec, "instances", json_object_get(cur_spec, "instances"));
+            json_t *env = json_object_get(v, "config_env");
+            config_env = json_is_object(env) ? json_incref(env) : NULL;
+            c->rollback_from = json_integer_value(json_object_get(v, "version"));
+        }
+    }
+    rec_out_t out = {0};
+    if (!rc) {
+        char now[40], reason[64] = "";
+        api_time_now(now, sizeof(now));
+        if (c->kind == REC_ROLLBACK)
+            snprintf(reason, sizeof(reason), "back to version %" PRId64, c->rollback_from);
+        rec_change_t ch = {.kind = c->kind,
+                           .app_id = c->id,
+                           .cur = cur,
+                           .spec = spec,
+                           .config_env = config_env,
+                           .warnings = c->warnings,
+                           .canary_percent = c->canary,
+                           .reason = reason[0] ? reason : NULL,
+                           .now = now};
+        rc = rec_change(&ch, &out, &e);
+    }
+    json_decref(spec);
+    json_decref(config_env);
+    json_decref(versions);
+    if (rc) {
+        int code = rc == -ENOENT ? 404 : rc == -EINVAL ? 400 : 409;
+        api_reply_error(c->api, c->req, code, NULL, "%s", e.msg);
         json_decref(cur);
         app_call_free(c);
         return;
     }
-    if (!changed) {
+    if (!out.changed) {
         c->version = cur_version;
         c->record = json_incref(cur);
         api_reply_json(c->api, c->req, 200, apps_response(c, false), res->rev);
         json_decref(cur);
+        rec_out_free(&out);
         app_call_free(c);
         return;
     }
-
-    char now[40];
-    api_time_now(now, sizeof(now));
     c->created = cur == NULL;
-    c->version = cur_version + 1;
-    const char *created_at = cur ? json_str(cur, "created_at") : NULL;
-    c->record = json_pack("{s:s, s:I, s:s, s:s, s:O, s:O}", "id", c->id, "version",
-                          (json_int_t)c->version, "created_at", created_at ? created_at : now,
-                          "updated_at", now, "spec", c->spec, "warnings", c->warnings);
-    json_t *vrec =
-        json_pack("{s:s, s:I, s:s, s:O, s:O}", "id", c->id, "version", (json_int_t)c->version,
-                  "created_at", now, "spec", c->spec, "warnings", c->warnings);
+    c->version = out.version_no;
+    c->record = json_incref(out.app);
+    snprintf(c->kind_name, sizeof(c->kind_name), "%s", out.kind);
     json_decref(cur);
 
-    size_t rec_len, vrec_len;
-    char *rec_text = json_canonical(c->record, &rec_len);
-    char *vrec_text = json_canonical(vrec, &vrec_len);
-    json_decref(vrec);
-    char *vkey = apps_version_key(c->id, c->version);
+    store_op_t ops[4];
+    size_t n = rec_ops(c->id, &out, ops);
+    rec_out_free(&out);
     /* The app key must still be at the revision we read: otherwise another
      * writer made a version in between and ours would reuse its number. */
     store_cmp_t cmp = {
         .key = c->app_key, .target = STORE_CMP_MOD, .op = STORE_CMP_EQ, .num = mod_rev};
-    store_op_t ops[2] = {
-        {.type = STORE_OP_PUT, .key = c->app_key, .value = rec_text, .value_len = rec_len},
-        {.type = STORE_OP_PUT, .key = vkey, .value = vrec_text, .value_len = vrec_len},
-    };
-    err_t e = {0};
-    int rc = store_txn(c->api->store, &cmp, 1, ops, 2, NULL, 0, apps_write_done, c);
-    free(rec_text);
-    free(vrec_text);
-    free(vkey);
-    if (rc) {
-        api_reply_store_error(c->api, c->req, rc, &e);
-        app_call_free(c);
-    }
-}
-
-static void apps_write_start(app_call_t *c)
-{
-    int rc = store_get(c->api->store, c->app_key, false, apps_current_done, c);
+    rc = store_txn(c->api->store, &cmp, 1, ops, n, NULL, 0, apps_write_done, c);
+    rec_ops_free(ops, n);
     if (rc) {
         api_reply_store_error(c->api, c->req, rc, NULL);
         app_call_free(c);
     }
+}
+
+/* Read what the change starts from: the app, and the KV under a new spec's
+ * config prefix or the version history for a rollback, in one snapshot. */
+static void apps_write_start(app_call_t *c)
+{
+    store_op_t ops[2] = {{.type = STORE_OP_GET, .key = c->app_key}};
+    size_t n = 1;
+    char *second = NULL;
+    if (c->config_prefix) {
+        second = xasprintf("%s%s/", API_KV_PREFIX, c->config_prefix);
+        ops[n++] = (store_op_t){.type = STORE_OP_GET, .key = second, .prefix = true};
+    } else if (c->kind == REC_ROLLBACK) {
+        ops[n++] = (store_op_t){.type = STORE_OP_GET, .key = c->versions_prefix, .prefix = true};
+    }
+    int rc = store_txn(c->api->store, NULL, 0, ops, n, NULL, 0, apps_current_done, c);
+    free(second);
+    if (rc) {
+        api_reply_store_error(c->api, c->req, rc, NULL);
+        app_call_free(c);
+    }
+}
+
+/* "?canary=10" or "10%": 0 when absent, -1 when malformed. */
+static int apps_canary_param(const http_req_t *req)
+{
+    const char *p = http_req_param(req, "canary");
+    if (!p)
+        return 0;
+    char buf[8];
+    size_t len = strlen(p);
+    if (len && p[len - 1] == '%')
+        len--;
+    if (len == 0 || len >= sizeof(buf))
+        return -1;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    int64_t v;
+    if (str_to_i64(buf, 1, 99, &v))
+        return -1;
+    return (int)v;
 }
 
 /* POST /v1/apps and PUT /v1/apps/<id>: parse, validate, then compare with
@@ -265,6 +408,12 @@ static void apps_write_start(app_call_t *c)
 static void apps_write(api_t *api, http_req_t *req, const char *path_id)
 {
     err_t err = {0};
+    int canary = apps_canary_param(req);
+    if (canary < 0) {
+        api_reply_error(api, req, 400, NULL, "canary=%s: expected a percentage 1..99",
+                        http_req_param(req, "canary"));
+        return;
+    }
     if (req->body_len == 0) {
         api_reply_error(api, req, 400, NULL, "request body is empty: expected an app spec (JSON)");
         return;
@@ -311,9 +460,79 @@ static void apps_write(api_t *api, http_req_t *req, const char *path_id)
     app_call_t *c = app_call_new(api, req, id);
     c->spec = json_incref(sr.app);
     c->warnings = json_incref(sr.warnings);
+    c->kind = canary ? REC_CANARY : REC_DEPLOY;
+    c->canary = canary;
+    const char *prefix = json_str(sr.app, "config");
+    if (prefix)
+        c->config_prefix = xstrdup(prefix[0] == '/' ? prefix + 1 : prefix);
+    if (c->config_prefix) {
+        size_t l = strlen(c->config_prefix);
+        while (l && c->config_prefix[l - 1] == '/')
+            c->config_prefix[--l] = '\0';
+    }
     const char *dry = http_req_param(req, "dry_run");
     c->dry_run = dry && strcmp(dry, "0") != 0 && strcmp(dry, "false") != 0;
     spec_result_free(&sr);
+    apps_write_start(c);
+}
+
+/* POST /v1/apps/<id>/<action>. */
+static void apps_action(api_t *api, http_req_t *req, const char *id, const char *action)
+{
+    static const struct {
+        const char *name;
+        rec_kind_t kind;
+    } actions[] = {
+        {"scale", REC_SCALE},     {"rollback", REC_ROLLBACK}, {"stop", REC_STOP},
+        {"start", REC_START},     {"restart", REC_RESTART},   {"promote", REC_PROMOTE},
+        {"abort", REC_ABORT},
+    };
+    size_t i = 0;
+    while (i < sizeof(actions) / sizeof(*actions) && strcmp(actions[i].name, action) != 0)
+        i++;
+    if (i == sizeof(actions) / sizeof(*actions)) {
+        api_reply_error(api, req, 404, NULL,
+                        "no app action \"%.40s\" (known: scale, rollback, stop, start, restart, "
+                        "promote, abort)",
+                        action);
+        return;
+    }
+    if (strcmp(req->method, "POST") != 0) {
+        api_reply_method_not_allowed(api, req, "POST");
+        return;
+    }
+    err_t err = {0};
+    json_t *body = NULL;
+    if (req->body_len) {
+        body = json_parse(req->body, req->body_len, &err);
+        if (!body || !json_is_object(body)) {
+            api_reply_error(api, req, 400, NULL, "%s", body ? "body must be a JSON object" : err.msg);
+            json_decref(body);
+            return;
+        }
+    }
+    app_call_t *c = app_call_new(api, req, id);
+    c->kind = actions[i].kind;
+    json_t *n = body ? json_object_get(body, "instances") : NULL;
+    json_t *v = body ? json_object_get(body, "version") : NULL;
+    const char *bad = NULL;
+    if (c->kind == REC_SCALE) {
+        if (!json_is_integer(n) || json_integer_value(n) < 0 || json_integer_value(n) > INT32_MAX)
+            bad = "$.instances: required, an integer >= 0";
+        else
+            c->scale = json_integer_value(n);
+    } else if (c->kind == REC_ROLLBACK && v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            bad = "$.version: a positive version number";
+        else
+            c->target_version = json_integer_value(v);
+    }
+    json_decref(body);
+    if (bad) {
+        api_reply_error(api, req, 400, NULL, "%s", bad);
+        app_call_free(c);
+        return;
+    }
     apps_write_start(c);
 }
 
@@ -340,13 +559,16 @@ static void apps_delete(app_call_t *c)
         .key = c->app_key, .target = STORE_CMP_VERSION, .op = STORE_CMP_GT, .num = 0};
     /* The last failure goes too: a new app of the same id starts clean. */
     char *fkey = xasprintf("%s%s", API_LASTFAILURE_PREFIX, c->id);
-    store_op_t ops[3] = {
+    char *pkey = xasprintf("%s%s", REC_PLACEMENT_PREFIX, c->id);
+    store_op_t ops[4] = {
         {.type = STORE_OP_DELETE, .key = c->app_key},
         {.type = STORE_OP_DELETE, .key = c->versions_prefix, .prefix = true},
         {.type = STORE_OP_DELETE, .key = fkey},
+        {.type = STORE_OP_DELETE, .key = pkey},
     };
-    int rc = store_txn(c->api->store, &cmp, 1, ops, 3, NULL, 0, apps_delete_done, c);
+    int rc = store_txn(c->api->store, &cmp, 1, ops, 4, NULL, 0, apps_delete_done, c);
     free(fkey);
+    free(pkey);
     if (rc) {
         api_reply_store_error(c->api, c->req, rc, NULL);
         app_call_free(c);
@@ -432,6 +654,25 @@ void api_apps_handle(api_t *api, http_req_t *req, const char *rest)
             apps_write(api, req, NULL);
         } else {
             api_reply_method_not_allowed(api, req, "GET, HEAD, POST");
+        }
+        return;
+    }
+
+    /* POST on an app's path is only ever an action: /v1/apps/<id>/<action> */
+    if (strcmp(req->method, "POST") == 0) {
+        const char *slash = strrchr(rest, '/');
+        char *aid = NULL;
+        err_t aerr = {0};
+        if (!slash || slash == rest) {
+            api_reply_method_not_allowed(api, req, "GET, HEAD, PUT, DELETE");
+        } else {
+            char *raw = xstrndup(rest, (size_t)(slash - rest));
+            if (spec_id_normalize(raw, &aid, &aerr))
+                api_reply_error(api, req, 400, NULL, "invalid app id in URL: %s", aerr.msg);
+            else
+                apps_action(api, req, aid, slash + 1);
+            free(raw);
+            free(aid);
         }
         return;
     }

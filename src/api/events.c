@@ -3,6 +3,8 @@
  * order and can resume from any revision still in the store's history. */
 #include "api/api_internal.h"
 
+#include "sched/records.h"
+
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/log.h"
@@ -123,6 +125,39 @@ static json_t *ev_translate(const store_event_t *e)
         const char *name = key + strlen(API_GROUPS_PREFIX);
         return json_pack("{s:s, s:I, s:s}", "type", put ? "group.updated" : "group.deleted",
                          "revision", rev, "name", name);
+    }
+    if (str_has_prefix(key, REC_DEPLOYMENTS_PREFIX)) {
+        if (!put)
+            return NULL; /* pruning old records is not news */
+        json_t *rec = json_loadb(e->kv.value, e->kv.value_len, 0, NULL);
+        json_t *ev = json_pack("{s:s, s:I, s:s}", "type", "deployment", "revision", rev, "id",
+                               key + strlen(REC_DEPLOYMENTS_PREFIX));
+        static const char *const fields[] = {"app", "kind", "version", "status", "reason",
+                                             "progress"};
+        for (size_t i = 0; i < sizeof(fields) / sizeof(*fields); i++) {
+            json_t *v = json_object_get(rec, fields[i]);
+            json_object_set(ev, fields[i], v ? v : json_null());
+        }
+        json_t *steps = json_object_get(rec, "steps");
+        json_t *last = json_array_get(steps, json_array_size(steps) - 1);
+        json_object_set(ev, "step", last ? json_object_get(last, "message") : json_null());
+        json_decref(rec);
+        return ev;
+    }
+    if (str_has_prefix(key, REC_PLACEMENT_PREFIX "/")) {
+        const char *id = key + strlen(REC_PLACEMENT_PREFIX);
+        if (!put)
+            return json_pack("{s:s, s:I, s:s}", "type", "app.placed", "revision", rev, "id", id);
+        json_t *rec = json_loadb(e->kv.value, e->kv.value_len, 0, NULL);
+        json_t *ev = json_pack("{s:s, s:I, s:s, s:O, s:O}", "type", "app.waiting", "revision", rev,
+                               "id", id, "waiting",
+                               json_object_get(rec, "waiting") ? json_object_get(rec, "waiting")
+                                                               : json_null(),
+                               "summary",
+                               json_object_get(rec, "summary") ? json_object_get(rec, "summary")
+                                                               : json_null());
+        json_decref(rec);
+        return ev;
     }
     if (str_has_prefix(key, API_KV_PREFIX)) {
         const char *k = key + strlen(API_KV_PREFIX);

@@ -5,6 +5,7 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/str.h"
+#include "spec/spec.h"
 #include "http/server.h"
 #include "locator/meta.h"
 #include "locator/table.h"
@@ -229,6 +230,16 @@ static void build_route(build_ctx_t *c, const loc_entry_t *e, const msgpack_obje
     r.host = field_str(rm, "host", host, sizeof(host));
     r.path = field_str(rm, "path", path, sizeof(path));
     r.group = field_str(rm, "group", group, sizeof(group));
+    if (!r.group) {
+        /* a canary of the app takes its share through the app's canary group */
+        char *cg = spec_canary_group(e->name);
+        for (size_t i = 0; i < c->g->n_groups && !r.group; i++)
+            if (strcmp(c->g->groups[i].name, cg) == 0) {
+                snprintf(group, sizeof(group), "%s", cg);
+                r.group = group;
+            }
+        free(cg);
+    }
     r.event = field_str(rm, "event", event, sizeof(event));
     r.internal = (int)field_int(rm, "internal");
     bool tcp = field_true(rm, "tcp");

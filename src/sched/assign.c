@@ -733,3 +733,9 @@ void sched_assign_stop(sched_assign_t *a, void (*done)(void *data), void *data)
     uv_timer_stop(&a->timer);
     a_finish_stop(a);
 }
+
+void sched_assign_set_lost_delay(sched_assign_t *a, uint64_t ms)
+{
+    (void)a;
+    (void)ms;
+}

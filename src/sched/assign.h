@@ -25,6 +25,7 @@
 #include "core/err.h"
 #include "store/store.h"
 
+#include <stdint.h>
 #include <uv.h>
 
 typedef struct sched_assign sched_assign_t;
@@ -37,6 +38,10 @@ int sched_assign_start(uv_loop_t *loop, store_t *store, sched_assign_t **out, er
  * everything, then call done(data) (done may be NULL). Call it before
  * closing the store. */
 void sched_assign_stop(sched_assign_t *a, void (*done)(void *data), void *data);
+
+/* Replace the instances of a node whose lease expired only after `ms`
+ * (0, the default: at once); a node back within the delay keeps them. */
+void sched_assign_set_lost_delay(sched_assign_t *a, uint64_t ms);
 
 /* Build the instance id for app `app_id` ("/production/web"): the app's
  * segments joined by '_', a '.', and 12 random lowercase hex digits

@@ -265,6 +265,7 @@ static int server_start_control_plane(server_t *s, err_t *err)
     rc = sched_assign_start(&s->loop, s->store, &s->assign, err);
     if (rc)
         return err_wrap(err, rc, "starting placement");
+    sched_assign_set_lost_delay(s->assign, s->opts->lost_delay_ms);
     /* The metalocator: links every registered node's locator, merges their
      * tables and serves the result, so routers and DNS need one address. */
     s->merged = loc_table_new();

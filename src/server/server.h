@@ -26,6 +26,7 @@ typedef struct server_options {
     uint64_t announce_interval_ms; /* the nodes' announce interval (a node is gone after 3) */
     const char *announce_if;       /* interface address for multicast (default any) */
     uint64_t shutdown_grace_ms;
+    uint64_t lost_delay_ms; /* replace a lost node's instances after this long (0: at once) */
     const char
         *gateway_addr; /* dev: a gateway's HTTP listener following the metalocator, or NULL */
 } server_options_t;

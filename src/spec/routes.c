@@ -1,6 +1,9 @@
 #include "spec/spec.h"
 
+#include "core/alloc.h"
 #include "core/str.h"
+
+#include <openssl/sha.h>
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -192,4 +195,30 @@ json_t *spec_routes(const json_t *spec)
         out = kept;
     }
     return out;
+}
+
+char *spec_canary_group(const char *app_id)
+{
+    const char *p = app_id[0] == '/' ? app_id + 1 : app_id;
+    size_t n = strlen(p);
+    /* group names: [a-z0-9][a-z0-9.-]{0,62} */
+    bool fits = n > 0 && n + 7 <= 63;
+    for (size_t i = 0; fits && i < n; i++) {
+        char ch = p[i];
+        fits = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' ||
+               ch == '/';
+    }
+    if (fits) {
+        char *name = xasprintf("canary.%s", p);
+        for (char *c = name; *c; c++)
+            if (*c == '/')
+                *c = '.';
+        return name;
+    }
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)app_id, strlen(app_id), md);
+    char hex[17];
+    for (int i = 0; i < 8; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return xasprintf("canary.%s", hex);
 }

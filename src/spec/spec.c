@@ -32,7 +32,8 @@
  * ------------------------------------------------------------------------ */
 
 #define DEF_INSTANCES       1
-#define DEF_CPUS            1
+#define DEF_CPUS            0.1
+#define DEF_PROGRESS_DEADLINE 600
 #define DEF_MEM             128
 #define DEF_DISK            0
 #define DEF_BACKOFF_SECONDS 1
@@ -123,6 +124,7 @@ typedef struct field {
 
 static const char *const v_kind[] = {"service", "worker", NULL};
 static const char *const v_isolate[] = {"process", "oci", "docker", NULL};
+static const char *const v_placement[] = {"spread", "binpack", NULL};
 static const char *const v_ctype[] = {"DOCKER", "MESOS", "OCI", "PROCESS", NULL};
 static const char *const v_network[] = {"BRIDGE", "HOST", "USER", "NONE", NULL};
 static const char *const v_proto[] = {"tcp", "udp", "tcp,udp", NULL};
@@ -212,6 +214,8 @@ static const field_t s_app[] = {
     F_STRC("config", F_NONEMPTY, check_config),
     F_STRC("artifact", F_NONEMPTY, check_artifact),
     F_BOOL("autoRollback"),
+    F_INT("progressDeadlineSeconds", 1, I32MAX),
+    F_ENUM("placement", 0, v_placement),
     F_ENUM("isolate", 0, v_isolate),
     F_END,
 };
@@ -1567,7 +1571,7 @@ static json_t *normalize(const json_t *input, const facts_t *f)
 
     set_default(app, "kind", json_string(f->worker ? "worker" : "service"));
     set_default(app, "instances", json_integer(DEF_INSTANCES));
-    set_default(app, "cpus", json_integer(DEF_CPUS));
+    set_default(app, "cpus", json_real(DEF_CPUS));
     set_default(app, "mem", json_integer(DEF_MEM));
     set_default(app, "disk", json_integer(DEF_DISK));
     set_default(app, "env", json_object());
@@ -1579,6 +1583,8 @@ static json_t *normalize(const json_t *input, const facts_t *f)
     set_default(app, "taskKillGracePeriodSeconds", json_integer(DEF_KILL_GRACE));
     set_default(app, "constraints", json_array());
     set_default(app, "autoRollback", json_false());
+    set_default(app, "progressDeadlineSeconds", json_integer(DEF_PROGRESS_DEADLINE));
+    set_default(app, "placement", json_string("spread"));
 
     json_t *up = ensure(app, "upgradeStrategy", json_object);
     set_default(up, "minimumHealthCapacity", json_integer(1));

@@ -104,4 +104,11 @@ json_t *spec_diff(const json_t *old, const json_t *new_);
  * routes already use. Returns a new array of route objects. */
 json_t *spec_routes(const json_t *spec);
 
+/* The routing group a canary of app `app_id` runs through ("/production/web"
+ * -> "canary.production.web"; ids too long for a group name get
+ * "canary." and 16 hex digits of their sha256). Routers send an app's routes
+ * without a group of their own through this group when it exists; the
+ * scheduler writes it while a canary runs. malloc'd. */
+char *spec_canary_group(const char *app_id);
+
 #endif

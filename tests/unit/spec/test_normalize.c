@@ -43,7 +43,9 @@ static void test_app_defaults(void **state)
     assert_string_equal(json_string_value(json_object_get(app, "id")), "/prod/web");
     assert_string_equal(json_string_value(json_object_get(app, "kind")), "service");
     assert_int_equal(iget(app, "instances"), 1);
-    assert_int_equal(iget(app, "cpus"), 1);
+    assert_true(json_number_value(json_object_get(app, "cpus")) == 0.1);
+    assert_int_equal(iget(app, "progressDeadlineSeconds"), 600);
+    assert_string_equal(json_string_value(json_object_get(app, "placement")), "spread");
     assert_int_equal(iget(app, "mem"), 128);
     assert_int_equal(iget(app, "disk"), 0);
     assert_int_equal(iget(app, "backoffSeconds"), 1);
@@ -113,11 +115,12 @@ static void test_defaults_only_difference_normalizes_equal(void **state)
     json_t *a = normalized("{'id': 'web/api', 'cmd': 'serve', 'healthChecks': [{'path': '/h'}],"
                            " 'routes': [{'host': 'API.example.com'}]}");
     json_t *b = normalized(
-        "{'id': '/web/api', 'cmd': 'serve', 'kind': 'service', 'instances': 1, 'cpus': 1,"
+        "{'id': '/web/api', 'cmd': 'serve', 'kind': 'service', 'instances': 1, 'cpus': 0.1,"
         " 'mem': 128, 'disk': 0, 'env': {}, 'labels': {}, 'backoffSeconds': 1,"
         " 'backoffFactor': 1.15, 'maxLaunchDelaySeconds': 300, 'taskKillGracePeriodSeconds': 3,"
         " 'upgradeStrategy': {'minimumHealthCapacity': 1, 'maximumOverCapacity': 1},"
         " 'requirePorts': false, 'constraints': [], 'fetch': [], 'autoRollback': false,"
+        " 'progressDeadlineSeconds': 600, 'placement': 'spread',"
         " 'isolate': 'process', 'portDefinitions': [{'port': 0}], 'args': null,"
         " 'version': '2016-01-28T07:57:35.433Z', 'gpus': 0, 'dependencies': [],"
         " 'healthChecks': [{'protocol': 'HTTP', 'path': '/h', 'portIndex': 0,"
