@@ -173,9 +173,9 @@ static void apps_write_start(app_call_t *c);
 
 static json_t *apps_response(app_call_t *c, bool changed)
 {
-    json_t *body = json_pack("{s:s, s:I, s:b, s:O}", "id", c->id, "version", (json_int_t)c->version,
+    json_t *body = json_pack("{s:s, s:I, s:b, s:o}", "id", c->id, "version", (json_int_t)c->version,
                              "changed", changed, "warnings",
-                             c->warnings ? c->warnings : json_array());
+                             c->warnings ? json_incref(c->warnings) : json_array());
     json_t *dep = c->record ? json_object_get(c->record, "deployment") : NULL;
     json_object_set_new(body, "deployment",
                         changed && json_is_string(dep) ? json_incref(dep) : json_null());

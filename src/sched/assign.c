@@ -10,6 +10,11 @@
  * its assignments missing and create them twice. */
 #include "sched/assign.h"
 
+#include "sched/place.h"
+#include "sched/records.h"
+#include "sched/rollout.h"
+#include "spec/spec.h"
+
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -18,6 +23,8 @@
 #include <errno.h>
 #include <openssl/sha.h>
 #include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,33 +35,20 @@
 #define A_NODES_PREFIX  "/nodes/"
 #define A_ASSIGN_PREFIX "/assign/"
 #define A_INST_PREFIX   "/instances/"
+#define A_GROUPS_PREFIX "/groups/"
 
 #define A_COALESCE_MS 20
 #define A_RETRY_MS    1000
 #define A_HISTORY_MAX 32
 #define A_RAND_BYTES  6 /* 12 hex digits */
+#define A_TICK_MS     1000 /* deadlines and lost-node delays are checked this often */
+#define A_EXPLAIN_NODES 20
 
 typedef struct a_write {
     char *key;
     char *value; /* NULL: delete */
     size_t len;
 } a_write_t;
-
-/* sha256 (hex) of a spec without its instance count: two versions with the
- * same signature run the same thing. */
-static void a_spec_sig(const json_t *spec, char out[65])
-{
-    json_t *copy = spec ? json_deep_copy(spec) : json_object();
-    json_object_del(copy, "instances");
-    size_t len;
-    char *text = json_canonical(copy, &len);
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)text, len, md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-    free(text);
-    json_decref(copy);
-}
 
 struct sched_assign {
     uv_loop_t *loop;
@@ -67,6 +61,17 @@ struct sched_assign {
     json_t *asg;     /* instance id -> {"app", "version", "node"} */
     json_t *inst;    /* instance id -> instance record */
     json_t *waiting; /* app id -> instances last logged as waiting for a node */
+    json_t *deps;    /* deployment id -> record */
+    json_t *placement; /* app id -> placement record as stored */
+    json_t *groups;  /* canary group name -> record as stored */
+    json_t *app_rev; /* app id -> mod revision of its record (for CAS) */
+    json_t *progress; /* deployment id -> {"score", "at_ms"}: last progress */
+    json_t *config_dirty; /* app id -> true: its config prefix changed */
+    json_t *gone_since;   /* node id -> ms its key went (lost-node delay) */
+    uv_timer_t tick;
+    uint64_t lost_delay_ms;
+    int side_inflight; /* rollbacks and config versions being written */
+    uint64_t coalesce_ms; /* wait before the next pass (see a_on_timer) */
     int64_t seen_rev;
     int64_t wait_rev;
     bool loaded;
@@ -82,6 +87,7 @@ struct sched_assign {
 
 static void a_load(sched_assign_t *a);
 static void a_schedule(sched_assign_t *a);
+static void a_on_tick(uv_timer_t *t);
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -155,9 +161,11 @@ static bool a_apply(sched_assign_t *a, const store_kv_t *kv, bool deleted)
         json_t *rec = deleted ? NULL : a_parse(kv);
         if (rec) {
             json_object_set_new(a->apps, id, rec);
+            json_object_set_new(a->app_rev, id, json_integer(kv->mod_rev));
             return true;
         }
         json_object_del(a->apps, id);
+        json_object_del(a->app_rev, id);
         /* Its assignments go even if an app of the same id (whose versions
          * count from 1 again) appears before the next reconcile. */
         const char *inst;
@@ -187,12 +195,18 @@ static bool a_apply(sched_assign_t *a, const store_kv_t *kv, bool deleted)
         if (rec) {
             json_t *app = json_object_get(rec, "app");
             json_t *ver = json_object_get(rec, "version");
+            const json_t *spec = json_object_get(rec, "spec");
             char sig[65];
-            a_spec_sig(json_object_get(rec, "spec"), sig);
-            json_object_set_new(a->asg, inst,
-                                json_pack("{s:O, s:O, s:s, s:s}", "app", app ? app : json_null(),
-                                          "version", ver ? ver : json_null(), "node", node, "sig",
-                                          sig));
+            if (json_str(rec, "sig"))
+                snprintf(sig, sizeof(sig), "%s", json_str(rec, "sig"));
+            else
+                rec_signature(spec, NULL, 0, sig);
+            json_t *hc = json_object_get(spec, "healthChecks");
+            json_t *m = json_pack("{s:O, s:O, s:s, s:s, s:b}", "app", app ? app : json_null(),
+                                  "version", ver ? ver : json_null(), "node", node, "sig", sig,
+                                  "checks", json_array_size(hc) > 0);
+            json_object_set(m, "spec", json_object_get(rec, "spec"));
+            json_object_set_new(a->asg, inst, m);
             json_decref(rec);
         } else {
             json_object_del(a->asg, inst);
@@ -204,11 +218,65 @@ static bool a_apply(sched_assign_t *a, const store_kv_t *kv, bool deleted)
     if (str_has_prefix(key, A_INST_PREFIX)) {
         const char *id = key + strlen(A_INST_PREFIX);
         json_t *rec = deleted ? NULL : a_parse(kv);
+        json_t *old = json_object_get(a->inst, id);
+        /* health decides rollouts: a change of state matters */
+        bool moved = !old || !rec || !json_equal(json_object_get(old, "state"),
+                                                 json_object_get(rec, "state"));
         if (rec)
             json_object_set_new(a->inst, id, rec);
         else
             json_object_del(a->inst, id);
+        return moved && json_object_get(a->asg, id) != NULL;
+    }
+    if (str_has_prefix(key, REC_DEPLOYMENTS_PREFIX)) {
+        const char *id = key + strlen(REC_DEPLOYMENTS_PREFIX);
+        json_t *rec = deleted ? NULL : a_parse(kv);
+        if (rec)
+            json_object_set_new(a->deps, id, rec);
+        else
+            json_object_del(a->deps, id);
+        return true;
+    }
+    if (str_has_prefix(key, REC_PLACEMENT_PREFIX "/")) {
+        const char *id = key + strlen(REC_PLACEMENT_PREFIX);
+        json_t *rec = deleted ? NULL : a_parse(kv);
+        if (rec)
+            json_object_set_new(a->placement, id, rec);
+        else
+            json_object_del(a->placement, id);
         return false;
+    }
+    if (str_has_prefix(key, A_GROUPS_PREFIX "canary.")) {
+        const char *name = key + strlen(A_GROUPS_PREFIX);
+        json_t *rec = deleted ? NULL : a_parse(kv);
+        if (rec)
+            json_object_set_new(a->groups, name, rec);
+        else
+            json_object_del(a->groups, name);
+        return true;
+    }
+    if (str_has_prefix(key, REC_KV_PREFIX)) {
+        /* a change under an app's config prefix makes a new version of it */
+        const char *k = key + strlen(REC_KV_PREFIX);
+        const char *id;
+        json_t *app;
+        bool any = false;
+        json_object_foreach(a->apps, id, app)
+        {
+            const char *pre = json_str(json_object_get(app, "spec"), "config");
+            if (!pre)
+                continue;
+            while (*pre == '/')
+                pre++;
+            size_t n = strlen(pre);
+            while (n && pre[n - 1] == '/')
+                n--;
+            if (n && strncmp(k, pre, n) == 0 && k[n] == '/') {
+                json_object_set_new(a->config_dirty, id, json_true());
+                any = true;
+            }
+        }
+        return any;
     }
     return false;
 }
@@ -291,12 +359,46 @@ static void a_send_next(sched_assign_t *a)
     }
 }
 
+/* A write of its own beside the batches (a rollback, a config version):
+ * guarded by a compare on the app, so a concurrent API change wins and the
+ * next pass decides again. */
+static void a_side_done(int status, const err_t *err, const store_result_t *res, void *data)
+{
+    sched_assign_t *a = data;
+    a->inflight--;
+    a->side_inflight--;
+    if (a->stopping) {
+        a_finish_stop(a);
+        return;
+    }
+    if (status)
+        log_warn("sched", "write failed: %s; retrying", err_str(err, status));
+    else if (!res->succeeded)
+        log_info("sched", "an app changed meanwhile; deciding again");
+    else if (res->rev > a->wait_rev)
+        a->wait_rev = res->rev;
+    a->dirty = true;
+    a_schedule(a);
+}
+
+static void a_side_write(sched_assign_t *a, store_cmp_t *cmp, store_op_t *ops, size_t n,
+                         const char *what)
+{
+    a->inflight++;
+    a->side_inflight++;
+    if (store_txn(a->store, cmp, 1, ops, n, NULL, 0, a_side_done, a)) {
+        a->inflight--;
+        a->side_inflight--;
+        log_warn("sched", "store unavailable: %s not written", what);
+    }
+}
+
 /* ---- reconcile -------------------------------------------------------- */
 
 typedef struct a_node {
     const char *id;
     json_t *rec;
-    size_t count; /* assignments kept or made on it in this reconcile */
+    int idx; /* in the placement cluster */
 } a_node_t;
 
 static int a_node_cmp(const void *x, const void *y)
@@ -306,23 +408,10 @@ static int a_node_cmp(const void *x, const void *y)
 
 static a_node_t *a_node_find(a_node_t *nodes, size_t n, const char *id)
 {
+    if (!id)
+        return NULL;
     a_node_t key = {.id = id};
     return bsearch(&key, nodes, n, sizeof(*nodes), a_node_cmp);
-}
-
-static bool a_node_has_isolate(const a_node_t *n, const char *isolate)
-{
-    json_t *iso = json_object_get(n->rec, "isolates");
-    if (!iso)
-        return strcmp(isolate, "process") == 0;
-    size_t i;
-    json_t *v;
-    json_array_foreach(iso, i, v)
-    {
-        if (json_is_string(v) && strcmp(json_string_value(v), isolate) == 0)
-            return true;
-    }
-    return false;
 }
 
 static int a_str_cmp(const void *x, const void *y)
@@ -334,6 +423,11 @@ static bool a_terminal(const char *state)
 {
     return !state || !strcmp(state, "finished") || !strcmp(state, "failed") ||
            !strcmp(state, "killed") || !strcmp(state, "lost");
+}
+
+static uint64_t a_ms(void)
+{
+    return uv_hrtime() / 1000000;
 }
 
 /* The instance ran on a node that is gone: say so in its record, since no
@@ -362,102 +456,728 @@ static void a_mark_lost(sched_assign_t *a, const char *inst, const char *node, c
     free(reason);
 }
 
-/* The app's desired instance count and version; false when the record
- * lacks them (then it gets nothing). */
-static bool a_app_want(const json_t *app, json_int_t *version, json_int_t *count,
-                       const char **isolate)
+/* Healthy for a rollout: its checks pass, or without checks it runs. */
+static bool a_inst_healthy(sched_assign_t *a, const char *inst, const json_t *m)
 {
-    json_t *v = json_object_get(app, "version");
-    json_t *spec = json_object_get(app, "spec");
-    json_t *n = json_object_get(spec, "instances");
-    if (!json_is_integer(v) || !json_is_integer(n) || json_integer_value(n) < 0)
+    const char *st = json_str(json_object_get(a->inst, inst), "state");
+    if (!st)
         return false;
-    *version = json_integer_value(v);
-    *count = json_integer_value(n);
-    *isolate = json_str(spec, "isolate");
-    if (!*isolate)
-        *isolate = "process";
-    return true;
+    if (strcmp(st, "healthy") == 0)
+        return true;
+    return strcmp(st, "running") == 0 && !json_is_true(json_object_get(m, "checks"));
 }
 
-static void a_reconcile_app(sched_assign_t *a, const char *app_id, json_t *app, json_t *kept,
-                            a_node_t *nodes, size_t n_nodes)
+/* Host ports an instance of spec takes: dynamic ones, and fixed ones when
+ * the spec requires its ports (or maps a hostPort). */
+static void a_spec_ports(const json_t *spec, int *n_dyn, int *fixed, size_t *n_fixed, size_t max)
 {
-    json_int_t version = 0, want = 0;
-    const char *isolate = NULL;
-    if (!a_app_want(app, &version, &want, &isolate))
-        want = 0;
-    size_t have = json_array_size(kept);
-    /* Scale down from the busiest nodes first, to keep the spread. */
-    size_t removed = 0;
-    while (have > (size_t)want) {
-        size_t best = 0;
-        a_node_t *bn = NULL;
-        for (size_t i = 0; i < json_array_size(kept); i++) {
-            json_t *e = json_array_get(kept, i);
-            a_node_t *nd = a_node_find(nodes, n_nodes, json_str(e, "node"));
-            if (!bn || nd->count > bn->count ||
-                (nd->count == bn->count && strcmp(nd->id, bn->id) > 0)) {
-                bn = nd;
-                best = i;
-            }
+    *n_dyn = 0;
+    *n_fixed = 0;
+    bool require = json_is_true(json_object_get(spec, "requirePorts"));
+    const json_t *defs = json_object_get(spec, "portDefinitions");
+    const json_t *maps = json_object_get(json_object_get(spec, "container"), "portMappings");
+    if (!maps)
+        maps = json_object_get(json_object_get(json_object_get(spec, "container"), "docker"),
+                               "portMappings");
+    size_t i;
+    json_t *v;
+    if (json_array_size(maps)) {
+        json_array_foreach(maps, i, v)
+        {
+            json_int_t hp = json_integer_value(json_object_get(v, "hostPort"));
+            if (hp > 0 && *n_fixed < max)
+                fixed[(*n_fixed)++] = (int)hp;
+            else
+                (*n_dyn)++;
         }
-        json_t *e = json_array_get(kept, best);
-        a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, bn->id, json_str(e, "id")), NULL);
-        bn->count--;
-        json_array_remove(kept, best);
-        have--;
-        removed++;
+        return;
     }
-    if (removed)
-        log_info("sched", "app %s: %zu instance(s) fewer (scale down to %" JSON_INTEGER_FORMAT ")",
-                 app_id, removed, want);
+    json_array_foreach(defs, i, v)
+    {
+        json_int_t p = json_integer_value(json_object_get(v, "port"));
+        if (require && p > 0 && *n_fixed < max)
+            fixed[(*n_fixed)++] = (int)p;
+        else
+            (*n_dyn)++;
+    }
+}
 
-    size_t made = 0, missing = have < (size_t)want ? (size_t)want - have : 0;
-    json_t *spec = json_object_get(app, "spec");
-    for (; made < missing; made++) {
-        a_node_t *bn = NULL;
-        for (size_t i = 0; i < n_nodes; i++)
-            if (a_node_has_isolate(&nodes[i], isolate) && (!bn || nodes[i].count < bn->count))
-                bn = &nodes[i]; /* sorted by id: the first of equals wins ties */
-        if (!bn)
+static unsigned a_iso_bit(const char *name)
+{
+    if (name && strcmp(name, "oci") == 0)
+        return PLACE_ISO_OCI;
+    if (name && strcmp(name, "docker") == 0)
+        return PLACE_ISO_DOCKER;
+    return PLACE_ISO_PROCESS;
+}
+
+static void a_use(place_cluster_t *pc, int node, const json_t *spec, int sign)
+{
+    int dyn, fixed[16];
+    size_t nf;
+    a_spec_ports(spec, &dyn, fixed, &nf, 16);
+    double cpus = json_number_value(json_object_get(spec, "cpus"));
+    int64_t mem = (int64_t)ceil(json_number_value(json_object_get(spec, "mem")));
+    if (sign > 0)
+        place_node_use(pc, node, cpus, mem, dyn, fixed, nf);
+    else
+        place_node_release(pc, node, cpus, mem, dyn, fixed, nf);
+}
+
+/* The placement view of one spec of the app, with every instance it
+ * has counted for the constraints. NULL (logged) if the spec's
+ * constraints do not compile, which validation prevents. */
+static place_app_t *a_place_app(place_cluster_t *pc, const char *app_id, const json_t *spec,
+                                const json_t *list)
+{
+    int dyn, fixed[16];
+    size_t nf;
+    a_spec_ports(spec, &dyn, fixed, &nf, 16);
+    const char *strategy = json_str(spec, "placement");
+    place_app_in_t in = {
+        .id = app_id,
+        .cpus = json_number_value(json_object_get(spec, "cpus")),
+        .mem_mb = (int64_t)ceil(json_number_value(json_object_get(spec, "mem"))),
+        .n_ports = dyn,
+        .fixed = fixed,
+        .n_fixed = nf,
+        .isolate = a_iso_bit(json_str(spec, "isolate")),
+        .constraints = json_object_get(spec, "constraints"),
+        .strategy = strategy && strcmp(strategy, "binpack") == 0 ? PLACE_BINPACK : PLACE_SPREAD,
+    };
+    place_app_t *pa = NULL;
+    err_t err = {0};
+    if (place_app_new(pc, &in, &pa, &err)) {
+        log_warn("sched", "app %s cannot be placed: %s", app_id, err.msg);
+        return NULL;
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        json_int_t idx = json_integer_value(json_object_get(e, "idx"));
+        if (idx >= 0 && !json_is_true(json_object_get(e, "stopping")))
+            place_app_count(pa, (int)idx, 1);
+    }
+    return pa;
+}
+
+/* One step of the app's deployment as the "steps" list shows it. */
+static void a_step(json_t *steps, const char *now, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void a_step(json_t *steps, const char *now, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_array_append_new(steps, json_pack("{s:s, s:s}", "at", now, "message", msg));
+}
+
+/* What reconciling one app did, for its deployment record. */
+typedef struct a_result {
+    roll_out_t roll;
+    int64_t unplaced;
+    json_t *explain; /* place_explain of the first refusal, or NULL */
+    json_t *steps;   /* this pass's steps */
+} a_result_t;
+
+/* Start `count` instances of one of the app's specs: pick nodes, write
+ * the assignments. Returns how many got a node. */
+static int64_t a_start(sched_assign_t *a, place_cluster_t *pc, a_node_t *nodes, size_t n_nodes,
+                       const char *app_id, const json_t *spec, const json_t *env, int64_t restart,
+                       int64_t version, const json_t *list, int64_t count, a_result_t *res,
+                       json_t *placed_on)
+{
+    if (count <= 0)
+        return 0;
+    place_app_t *pa = a_place_app(pc, app_id, spec, list);
+    if (!pa) {
+        res->unplaced += count;
+        return 0;
+    }
+    json_t *eff = rec_effective_spec(spec, env);
+    char sig[65];
+    rec_signature(spec, env, restart, sig);
+    int64_t made = 0;
+    for (; made < count; made++) {
+        int idx = place_pick(pc, pa);
+        if (idx < 0) {
+            if (!res->explain)
+                res->explain = place_explain(pc, pa, A_EXPLAIN_NODES);
             break;
+        }
+        const char *node = place_node_id(pc, idx);
         char *inst = sched_instance_id_new(app_id);
         while (json_object_get(a->asg, inst) || json_object_get(a->inst, inst)) {
             free(inst);
             inst = sched_instance_id_new(app_id);
         }
-        json_t *rec = json_pack("{s:s, s:s, s:I, s:s, s:O}", "id", inst, "app", app_id, "version",
-                                version, "node", bn->id, "spec", spec);
-        a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, bn->id, inst), rec);
-        log_debug("sched", "app %s: instance %s on node %s", app_id, inst, bn->id);
+        json_t *rec = json_pack("{s:s, s:s, s:I, s:s, s:O, s:s}", "id", inst, "app", app_id,
+                                "version", (json_int_t)version, "node", node, "spec", eff, "sig",
+                                sig);
+        a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, inst), rec);
+        log_debug("sched", "app %s: instance %s on node %s", app_id, inst, node);
+        json_object_set_new(placed_on, node,
+                            json_integer(json_integer_value(json_object_get(placed_on, node)) + 1));
         json_decref(rec);
         free(inst);
-        bn->count++;
     }
-    if (made)
-        log_info("sched", "app %s: %zu instance(s) of version %" JSON_INTEGER_FORMAT " placed",
-                 app_id, made, version);
-    /* Say once (per count) that instances wait, not on every reconcile. */
-    size_t waiting = missing - made;
-    json_int_t logged = json_integer_value(json_object_get(a->waiting, app_id));
-    if (waiting && (json_int_t)waiting != logged) {
-        if (n_nodes)
-            log_info("sched", "app %s: %zu instance(s) wait for a node with isolate %s", app_id,
-                     waiting, isolate);
-        else
-            log_info("sched", "app %s: %zu instance(s) wait for a node", app_id, waiting);
-        json_object_set_new(a->waiting, app_id, json_integer((json_int_t)waiting));
-    } else if (!waiting) {
-        json_object_del(a->waiting, app_id);
+    (void)nodes;
+    (void)n_nodes;
+    res->unplaced += count - made;
+    json_decref(eff);
+    place_app_free(pa);
+    return made;
+}
+
+static void a_nodes_text(const json_t *placed_on, char *out, size_t n)
+{
+    out[0] = '\0';
+    size_t w = 0;
+    const char *node;
+    json_t *v;
+    json_object_foreach((json_t *)placed_on, node, v)
+    {
+        int k = snprintf(out + w, n - w, "%s%s", w ? ", " : "", node);
+        if (k < 0 || (size_t)k >= n - w)
+            break;
+        w += (size_t)k;
     }
 }
 
-/* One pass: compare the mirrors with what should be, queue the writes. */
+/* Reconcile one app: classify what runs, plan a rollout step, stop and
+ * start accordingly. `list` holds the app's live assignments
+ * [{"id", "node", "idx", "sig", "version", "healthy"}]. */
+static void a_reconcile_app(sched_assign_t *a, const char *app_id, json_t *app, json_t *list,
+                            place_cluster_t *pc, a_node_t *nodes, size_t n_nodes, bool held,
+                            const char *now, a_result_t *res)
+{
+    const json_t *spec = json_object_get(app, "spec");
+    const json_t *env = json_object_get(app, "config_env");
+    int64_t restart = json_integer_value(json_object_get(app, "restart"));
+    int64_t version = json_integer_value(json_object_get(app, "version"));
+    const json_t *canary = json_object_get(app, "canary");
+    bool has_canary = json_is_object(canary);
+    const json_t *cspec = has_canary ? json_object_get(canary, "spec") : NULL;
+    const json_t *cenv = has_canary ? json_object_get(canary, "config_env") : NULL;
+    char sig[65], csig[65] = "";
+    rec_signature(spec, env, restart, sig);
+    if (has_canary)
+        rec_signature(cspec, cenv, restart, csig);
+
+    size_t n = json_array_size(list);
+    roll_inst_t *ri = xcalloc(n ? n : 1, sizeof(*ri));
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(list, i);
+        const char *s = json_str(e, "sig");
+        ri[i].cls = s && strcmp(s, sig) == 0                ? ROLL_MAIN
+                    : has_canary && s && strcmp(s, csig) == 0 ? ROLL_CANARY
+                                                              : ROLL_OLD;
+        ri[i].healthy = json_is_true(json_object_get(e, "healthy"));
+        ri[i].node = (int)json_integer_value(json_object_get(e, "idx"));
+    }
+    const json_t *up = json_object_get(spec, "upgradeStrategy");
+    roll_in_t in = {
+        .want = json_integer_value(json_object_get(spec, "instances")),
+        .want_canary = has_canary ? json_integer_value(json_object_get(canary, "instances")) : 0,
+        .min_health = json_object_get(up, "minimumHealthCapacity")
+                          ? json_number_value(json_object_get(up, "minimumHealthCapacity"))
+                          : 1.0,
+        .max_over = json_object_get(up, "maximumOverCapacity")
+                        ? json_number_value(json_object_get(up, "maximumOverCapacity"))
+                        : 1.0,
+    };
+    roll_plan(&in, ri, n, &res->roll);
+    if (held) {
+        free(ri);
+        return;
+    }
+
+    /* stops first: they free resources the starts may need */
+    json_t *stopped_v = json_object(); /* version -> count */
+    size_t stopped = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!ri[i].stop)
+            continue;
+        json_t *e = json_array_get(list, i);
+        const char *node = json_str(e, "node");
+        a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, json_str(e, "id")), NULL);
+        json_t *m = json_object_get(a->asg, json_str(e, "id"));
+        json_int_t idx = json_integer_value(json_object_get(e, "idx"));
+        if (m && idx >= 0)
+            a_use(pc, (int)idx, json_object_get(m, "spec"), -1);
+        json_object_set_new(e, "stopping", json_true());
+        char vk[32];
+        snprintf(vk, sizeof(vk), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(e, "version")));
+        json_object_set_new(stopped_v, vk,
+                            json_integer(json_integer_value(json_object_get(stopped_v, vk)) + 1));
+        stopped++;
+    }
+    if (stopped) {
+        char vs[256] = "";
+        size_t w = 0;
+        const char *vk;
+        json_t *cnt;
+        json_object_foreach(stopped_v, vk, cnt)
+        {
+            int k = snprintf(vs + w, sizeof(vs) - w, "%s%s", w ? ", " : "", vk);
+            if (k > 0 && (size_t)k < sizeof(vs) - w)
+                w += (size_t)k;
+        }
+        a_step(res->steps, now, "stopped %zu instance(s) of version %s", stopped, vs);
+        log_info("sched", "app %s: stopping %zu instance(s) of version %s", app_id, stopped, vs);
+    }
+    json_decref(stopped_v);
+    free(ri);
+
+    json_t *placed_on = json_object();
+    int64_t made = a_start(a, pc, nodes, n_nodes, app_id, spec, env, restart, version, list,
+                           res->roll.start_main, res, placed_on);
+    if (made) {
+        char where[256];
+        a_nodes_text(placed_on, where, sizeof(where));
+        a_step(res->steps, now, "started %" PRId64 " instance(s) of version %" PRId64 " on %s",
+               made, version, where);
+        log_info("sched", "app %s: %" PRId64 " instance(s) of version %" PRId64 " placed on %s",
+                 app_id, made, version, where);
+    }
+    json_object_clear(placed_on);
+    if (has_canary) {
+        int64_t cver = json_integer_value(json_object_get(canary, "version"));
+        made = a_start(a, pc, nodes, n_nodes, app_id, cspec, cenv, restart, cver, list,
+                       res->roll.start_canary, res, placed_on);
+        if (made) {
+            char where[256];
+            a_nodes_text(placed_on, where, sizeof(where));
+            a_step(res->steps, now,
+                   "started %" PRId64 " canary instance(s) of version %" PRId64 " on %s", made,
+                   cver, where);
+        }
+    }
+    json_decref(placed_on);
+}
+
+/* ---- placement problems ---------------------------------------------------------------- */
+
+/* Keep /placement<app> saying why instances wait, written only when the
+ * reason changes, gone once everything has a node. */
+static void a_placement_record(sched_assign_t *a, const char *app_id, const a_result_t *res,
+                               const char *now)
+{
+    json_t *cur = json_object_get(a->placement, app_id);
+    if (!res->unplaced) {
+        if (cur) {
+            a_write_add(a, xasprintf("%s%s", REC_PLACEMENT_PREFIX, app_id), NULL);
+            json_object_del(a->placement, app_id);
+            log_info("sched", "app %s: every instance has a node now", app_id);
+        }
+        return;
+    }
+    json_t *summary = res->explain ? json_object_get(res->explain, "summary") : NULL;
+    if (cur && json_integer_value(json_object_get(cur, "waiting")) == res->unplaced &&
+        json_equal(json_object_get(cur, "summary"), summary ? summary : json_null()))
+        return;
+    json_t *rec = json_pack("{s:s, s:I, s:O, s:O, s:s}", "app", app_id, "waiting",
+                            (json_int_t)res->unplaced, "summary", summary ? summary : json_null(),
+                            "nodes",
+                            res->explain && json_object_get(res->explain, "nodes")
+                                ? json_object_get(res->explain, "nodes")
+                                : json_array(),
+                            "at", now);
+    a_write_add(a, xasprintf("%s%s", REC_PLACEMENT_PREFIX, app_id), rec);
+    json_object_set(a->placement, app_id, rec);
+    log_info("sched", "app %s: %" PRId64 " instance(s) wait: %s", app_id, res->unplaced,
+             summary ? json_string_value(summary) : "no node");
+    json_decref(rec);
+}
+
+/* ---- canary groups --------------------------------------------------------------------- */
+
+/* While an app has a canary, its group splits the app's traffic: the
+ * canary's version gets its percent, the versions the main instances run
+ * share the rest by their counts (a scale keeps instances on the version
+ * that started them). */
+static void a_canary_group(sched_assign_t *a, const char *app_id, const json_t *app,
+                           const json_t *list, json_t *wanted, const char *now)
+{
+    const json_t *canary = json_object_get(app, "canary");
+    if (!json_is_object(canary))
+        return;
+    char *name = spec_canary_group(app_id);
+    json_object_set_new(wanted, name, json_true());
+    int pct = (int)json_integer_value(json_object_get(canary, "percent"));
+    json_int_t cver = json_integer_value(json_object_get(canary, "version"));
+    char sig[65];
+    rec_signature(json_object_get(app, "spec"), json_object_get(app, "config_env"),
+                  json_integer_value(json_object_get(app, "restart")), sig);
+    json_t *counts = json_object(); /* version -> main instances */
+    size_t total = 0, i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        const char *s = json_str(e, "sig");
+        if (!s || strcmp(s, sig) != 0)
+            continue;
+        char vk[32];
+        snprintf(vk, sizeof(vk), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(e, "version")));
+        json_object_set_new(counts, vk, json_integer(json_integer_value(json_object_get(counts, vk)) + 1));
+        total++;
+    }
+    json_t *members = json_array();
+    const char *vk;
+    json_t *cnt;
+    json_object_foreach(counts, vk, cnt)
+    {
+        char *target = xasprintf("%s@%s", app_id, vk);
+        json_int_t w = (json_int_t)((100 - pct) * 100 * json_integer_value(cnt) / (json_int_t)total);
+        json_array_append_new(members, json_pack("{s:s, s:I}", "target", target, "weight", w));
+        free(target);
+    }
+    if (!total) {
+        /* nothing of the main version runs yet: route by the app's version */
+        char *target = xasprintf("%s@%" JSON_INTEGER_FORMAT, app_id,
+                                 json_integer_value(json_object_get(app, "version")));
+        json_array_append_new(members, json_pack("{s:s, s:i}", "target", target, "weight",
+                                                 (100 - pct) * 100));
+        free(target);
+    }
+    char *ctarget = xasprintf("%s@%" JSON_INTEGER_FORMAT, app_id, cver);
+    json_array_append_new(members, json_pack("{s:s, s:i}", "target", ctarget, "weight", pct * 100));
+    free(ctarget);
+    json_decref(counts);
+    json_t *cur = json_object_get(a->groups, name);
+    if (!cur || !json_equal(json_object_get(cur, "members"), members)) {
+        const char *created = cur ? json_str(cur, "created_at") : NULL;
+        json_t *rec = json_pack("{s:s, s:O, s:n, s:s, s:s, s:s}", "name", name, "members",
+                                members, "sticky", "created_at", created ? created : now,
+                                "updated_at", now, "app", app_id);
+        a_write_add(a, xasprintf("%s%s", A_GROUPS_PREFIX, name), rec);
+        json_object_set(a->groups, name, rec);
+        json_decref(rec);
+    }
+    json_decref(members);
+    free(name);
+}
+
+/* ---- deployments ------------------------------------------------------------------------ */
+
+static void a_side_write(sched_assign_t *a, store_cmp_t *cmp, store_op_t *ops, size_t n,
+                         const char *what);
+
+/* The deployment failed its deadline and asks for a rollback: a new
+ * version with the spec it started from, written beside the failure. */
+static void a_rollback(sched_assign_t *a, const char *app_id, const json_t *app, json_t *dep,
+                       const char *now)
+{
+    const json_t *from = json_object_get(dep, "from");
+    const json_t *fspec = json_object_get(from, "spec");
+    if (!json_is_object(fspec)) {
+        a_write_add(a, xasprintf("%s%s", REC_DEPLOYMENTS_PREFIX, json_str(dep, "id")), dep);
+        return;
+    }
+    json_t *spec = json_deep_copy(fspec);
+    json_object_set(spec, "instances", json_object_get(json_object_get(app, "spec"), "instances"));
+    char reason[128];
+    snprintf(reason, sizeof(reason), "automatic, after deployment %s failed", json_str(dep, "id"));
+    const json_t *fenv = json_object_get(from, "config_env");
+    rec_change_t ch = {.kind = REC_ROLLBACK,
+                       .app_id = app_id,
+                       .cur = app,
+                       .spec = spec,
+                       .config_env = json_is_object(fenv) ? fenv : NULL,
+                       .reason = reason,
+                       .now = now};
+    rec_out_t out;
+    err_t err = {0};
+    if (rec_change(&ch, &out, &err) || !out.changed) {
+        if (out.changed || err.msg[0])
+            log_warn("sched", "app %s: no rollback: %s", app_id, err.msg);
+        rec_out_free(&out);
+        json_decref(spec);
+        a_write_add(a, xasprintf("%s%s", REC_DEPLOYMENTS_PREFIX, json_str(dep, "id")), dep);
+        return;
+    }
+    char msg[160];
+    snprintf(msg, sizeof(msg), "rolling back to version %" JSON_INTEGER_FORMAT " (deployment %s)",
+             json_integer_value(json_object_get(from, "version")),
+             json_str(out.deployment, "id"));
+    a_step(json_object_get(dep, "steps"), now, "%s", msg);
+    json_object_set_new(dep, "rolled_back_by", json_string(json_str(out.deployment, "id")));
+    store_op_t ops[5];
+    size_t n = rec_ops(app_id, &out, ops);
+    size_t len;
+    char *text = json_canonical(dep, &len);
+    ops[n++] = (store_op_t){.type = STORE_OP_PUT,
+                            .key = xasprintf("%s%s", REC_DEPLOYMENTS_PREFIX, json_str(dep, "id")),
+                            .value = text,
+                            .value_len = len};
+    char *akey = xasprintf("%s%s", A_APPS_PREFIX, app_id);
+    store_cmp_t cmp = {.key = akey,
+                       .target = STORE_CMP_MOD,
+                       .op = STORE_CMP_EQ,
+                       .num = json_integer_value(json_object_get(a->app_rev, app_id))};
+    log_warn("sched", "app %s: %s", app_id, msg);
+    a_side_write(a, &cmp, ops, n, "rollback");
+    rec_ops_free(ops, n);
+    free(akey);
+    rec_out_free(&out);
+    json_decref(spec);
+}
+
+/* Advance the app's running deployment with what this pass saw and did:
+ * progress, steps, success, or failure at its deadline. */
+static void a_deployment(sched_assign_t *a, const char *app_id, const json_t *app, json_t *dep,
+                         const a_result_t *res, const char *now)
+{
+    const char *id = json_str(dep, "id");
+    json_t *d = json_deep_copy(dep);
+    json_t *steps = json_object_get(d, "steps");
+    if (!json_is_array(steps)) {
+        steps = json_array();
+        json_object_set_new(d, "steps", steps);
+    }
+    size_t i;
+    json_t *st;
+    json_array_foreach(res->steps, i, st)
+        json_array_append(steps, st);
+    const roll_out_t *r = &res->roll;
+    json_t *progress = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "new", (json_int_t)r->main,
+                                 "new_healthy", (json_int_t)r->main_healthy, "old",
+                                 (json_int_t)r->old, "old_healthy", (json_int_t)r->old_healthy,
+                                 "canary", (json_int_t)r->canary, "canary_healthy",
+                                 (json_int_t)r->canary_healthy, "unplaced",
+                                 (json_int_t)res->unplaced);
+    json_object_set_new(d, "progress", progress);
+    json_t *pl = json_object_get(a->placement, app_id);
+    json_object_set(d, "placement", res->unplaced && pl ? pl : json_null());
+
+    /* progress clock: any step towards the goal restarts it */
+    uint64_t now_ms = a_ms();
+    json_int_t score = r->main_healthy + r->canary_healthy - r->old;
+    json_t *pg = json_object_get(a->progress, id);
+    if (!pg || json_integer_value(json_object_get(pg, "score")) < score) {
+        pg = json_pack("{s:I, s:I}", "score", score, "at_ms", (json_int_t)now_ms);
+        json_object_set_new(a->progress, id, pg);
+    }
+    uint64_t since = (uint64_t)json_integer_value(json_object_get(pg, "at_ms"));
+    json_int_t deadline_s = json_integer_value(
+        json_object_get(json_object_get(app, "spec"), "progressDeadlineSeconds"));
+    if (deadline_s <= 0)
+        deadline_s = 600;
+
+    bool finished = false;
+    if (r->done && !res->unplaced) {
+        json_object_set_new(d, "status", json_string("succeeded"));
+        a_step(steps, now, "succeeded: %" PRId64 " instance(s) of version %" JSON_INTEGER_FORMAT
+                           " healthy",
+               r->main, json_integer_value(json_object_get(app, "version")));
+        finished = true;
+    } else if (now_ms - since >= (uint64_t)deadline_s * 1000) {
+        char reason[512];
+        snprintf(reason, sizeof(reason),
+                 "no progress for %" JSON_INTEGER_FORMAT " s: %" PRId64 " of %" JSON_INTEGER_FORMAT
+                 " new instance(s) healthy, %" PRId64 " old left%s%s",
+                 deadline_s, r->main_healthy,
+                 json_integer_value(json_object_get(json_object_get(app, "spec"), "instances")),
+                 r->old, res->unplaced ? "; waiting for nodes: " : "",
+                 res->unplaced && pl ? json_str(pl, "summary") : "");
+        json_object_set_new(d, "status", json_string("failed"));
+        json_object_set_new(d, "reason", json_string(reason));
+        a_step(steps, now, "failed: %s", reason);
+        log_warn("sched", "app %s: deployment %s failed: %s", app_id, id, reason);
+        finished = true;
+    }
+    while (json_array_size(steps) > REC_STEPS_MAX)
+        json_array_remove(steps, 0);
+    if (finished) {
+        json_object_set_new(d, "finished_at", json_string(now));
+        json_object_del(a->progress, id);
+    }
+    bool changed = !json_equal(d, dep);
+    if (changed)
+        json_object_set_new(d, "updated_at", json_string(now));
+    if (finished && strcmp(json_str(d, "status"), "failed") == 0 &&
+        json_is_true(json_object_get(json_object_get(app, "spec"), "autoRollback"))) {
+        a_rollback(a, app_id, app, d, now);
+    } else if (changed) {
+        a_write_add(a, xasprintf("%s%s", REC_DEPLOYMENTS_PREFIX, id), d);
+        if (finished)
+            log_info("sched", "app %s: deployment %s %s", app_id, id, json_str(d, "status"));
+    }
+    json_decref(d);
+}
+
+static int a_dep_age_cmp(const void *x, const void *y)
+{
+    const json_t *p = *(json_t *const *)x, *q = *(json_t *const *)y;
+    const char *a = json_str(p, "created_at"), *b = json_str(q, "created_at");
+    return strcmp(b ? b : "", a ? a : "");
+}
+
+/* Running deployments that are no longer their app's are superseded (or
+ * cancelled with the app); finished ones beyond REC_FINISHED_KEEP per app
+ * go. */
+static void a_deployments_tidy(sched_assign_t *a, const char *now)
+{
+    json_t *per_app = json_object(); /* app -> [finished records] */
+    const char *id;
+    json_t *d;
+    json_object_foreach(a->deps, id, d)
+    {
+        const char *app_id = json_str(d, "app");
+        const char *st = json_str(d, "status");
+        if (!app_id)
+            continue;
+        json_t *app = json_object_get(a->apps, app_id);
+        if (st && strcmp(st, "running") == 0) {
+            const char *cur = app ? json_str(app, "deployment") : NULL;
+            if (cur && strcmp(cur, id) == 0)
+                continue;
+            json_t *c = json_deep_copy(d);
+            json_object_set_new(c, "status", json_string(app ? "superseded" : "cancelled"));
+            json_object_set_new(c, "reason", json_string(app ? "superseded by a newer change"
+                                                             : "the app was deleted"));
+            json_object_set_new(c, "finished_at", json_string(now));
+            json_object_set_new(c, "updated_at", json_string(now));
+            a_write_add(a, xasprintf("%s%s", REC_DEPLOYMENTS_PREFIX, id), c);
+            json_decref(c);
+            json_object_del(a->progress, id);
+            continue;
+        }
+        json_t *l = json_object_get(per_app, app_id);
+        if (!l) {
+            l = json_array();
+            json_object_set_new(per_app, app_id, l);
+        }
+        json_array_append(l, d);
+    }
+    const char *app_id;
+    json_t *l;
+    json_object_foreach(per_app, app_id, l)
+    {
+        size_t n = json_array_size(l);
+        if (n <= REC_FINISHED_KEEP)
+            continue;
+        json_t **v = xcalloc(n, sizeof(*v));
+        for (size_t i = 0; i < n; i++)
+            v[i] = json_array_get(l, i);
+        qsort(v, n, sizeof(*v), a_dep_age_cmp);
+        for (size_t i = REC_FINISHED_KEEP; i < n; i++)
+            a_write_add(a, xasprintf("%s%s", REC_DEPLOYMENTS_PREFIX, json_str(v[i], "id")), NULL);
+        free(v);
+    }
+    json_decref(per_app);
+}
+
+/* ---- config rollouts --------------------------------------------------------------------- */
+
+typedef struct a_cfg_read {
+    sched_assign_t *a;
+    char *app_id;
+    char *prefix;
+} a_cfg_read_t;
+
+static void a_cfg_read_done(int status, const err_t *err, const store_result_t *res, void *data)
+{
+    a_cfg_read_t *r = data;
+    sched_assign_t *a = r->a;
+    a->side_inflight--;
+    a->inflight--;
+    json_t *app = a->stopping ? NULL : json_object_get(a->apps, r->app_id);
+    if (status) {
+        if (!a->stopping)
+            log_warn("sched", "app %s: reading config %s: %s", r->app_id, r->prefix,
+                     err_str(err, status));
+    } else if (app) {
+        json_t *env = rec_config_env(res->ops[0].kvs, res->ops[0].n_kvs, r->prefix);
+        const json_t *cur = json_object_get(app, "config_env");
+        if (!json_equal(env, cur ? (json_t *)cur : json_object())) {
+            char now[40];
+            a_now(now, sizeof(now));
+            rec_change_t ch = {.kind = REC_CONFIG,
+                               .app_id = r->app_id,
+                               .cur = app,
+                               .spec = json_object_get(app, "spec"),
+                               .config_env = env,
+                               .reason = "the config under its prefix changed",
+                               .now = now};
+            rec_out_t out;
+            err_t e = {0};
+            if (rec_change(&ch, &out, &e) == 0 && out.changed) {
+                store_op_t ops[4];
+                size_t n = rec_ops(r->app_id, &out, ops);
+                char *akey = xasprintf("%s%s", A_APPS_PREFIX, r->app_id);
+                store_cmp_t cmp = {.key = akey,
+                                   .target = STORE_CMP_MOD,
+                                   .op = STORE_CMP_EQ,
+                                   .num = json_integer_value(json_object_get(a->app_rev, r->app_id))};
+                log_info("sched", "app %s: config %s changed: version %" PRId64 ", deployment %s",
+                         r->app_id, r->prefix, out.version_no, json_str(out.deployment, "id"));
+                a_side_write(a, &cmp, ops, n, "config version");
+                rec_ops_free(ops, n);
+                free(akey);
+            }
+            rec_out_free(&out);
+        }
+        json_decref(env);
+    }
+    free(r->app_id);
+    free(r->prefix);
+    free(r);
+    if (a->stopping)
+        a_finish_stop(a);
+}
+
+/* Apps whose config prefix saw a change: read the prefix and, when the
+ * environment differs, make a new version (one read per app at a time). */
+static void a_config_check(sched_assign_t *a)
+{
+    void *tmp;
+    const char *id;
+    json_t *v;
+    json_object_foreach_safe(a->config_dirty, tmp, id, v)
+    {
+        json_t *app = json_object_get(a->apps, id);
+        const char *pre = app ? json_str(json_object_get(app, "spec"), "config") : NULL;
+        if (!pre) {
+            json_object_del(a->config_dirty, id);
+            continue;
+        }
+        while (*pre == '/')
+            pre++;
+        size_t n = strlen(pre);
+        while (n && pre[n - 1] == '/')
+            n--;
+        a_cfg_read_t *r = xcalloc(1, sizeof(*r));
+        r->a = a;
+        r->app_id = xstrdup(id);
+        r->prefix = xstrndup(pre, n);
+        char *key = xasprintf("%s%s/", REC_KV_PREFIX, r->prefix);
+        a->inflight++;
+        a->side_inflight++;
+        if (store_get(a->store, key, true, a_cfg_read_done, r)) {
+            a->inflight--;
+            a->side_inflight--;
+            free(r->app_id);
+            free(r->prefix);
+            free(r);
+        }
+        free(key);
+        json_object_del(a->config_dirty, id);
+    }
+}
+
+/* ---- one pass ------------------------------------------------------------------------------ */
+
 static void a_reconcile(sched_assign_t *a)
 {
     char now[40];
     a_now(now, sizeof(now));
+    uint64_t now_ms = a_ms();
     size_t n_nodes = json_object_size(a->nodes);
     a_node_t *nodes = xcalloc(n_nodes ? n_nodes : 1, sizeof(*nodes));
     size_t k = 0;
@@ -470,37 +1190,82 @@ static void a_reconcile(sched_assign_t *a)
         k++;
     }
     qsort(nodes, n_nodes, sizeof(*nodes), a_node_cmp);
+    place_cluster_t *pc = place_cluster_new();
+    for (size_t i = 0; i < n_nodes; i++) {
+        json_t *rec = nodes[i].rec;
+        json_t *ports = json_object_get(rec, "ports");
+        unsigned iso = 0;
+        json_t *isos = json_object_get(rec, "isolates");
+        if (!isos)
+            iso = PLACE_ISO_PROCESS;
+        size_t j;
+        json_t *s;
+        json_array_foreach(isos, j, s)
+            iso |= a_iso_bit(json_string_value(s));
+        const char *hostname = json_str(rec, "hostname");
+        place_node_in_t in = {
+            .id = nodes[i].id,
+            .hostname = hostname ? hostname : nodes[i].id,
+            .labels = json_object_get(rec, "labels"),
+            .cpus = json_number_value(json_object_get(rec, "cpus")),
+            .mem_mb = json_integer_value(json_object_get(rec, "mem_mb")),
+            .ports_lo = (int)json_integer_value(json_array_get(ports, 0)),
+            .ports_hi = (int)json_integer_value(json_array_get(ports, 1)),
+            .isolates = iso,
+        };
+        err_t err = {0};
+        nodes[i].idx = place_node_add(pc, &in, &err);
+        if (nodes[i].idx < 0)
+            log_warn("sched", "node %s left out of placement: %s", nodes[i].id, err.msg);
+    }
+    /* nodes that came back are no longer gone */
+    void *tmp;
+    json_object_foreach_safe(a->gone_since, tmp, id, v)
+    {
+        if (json_object_get(a->nodes, id))
+            json_object_del(a->gone_since, id);
+    }
 
-    /* Assignments to keep, grouped by app; the rest go. */
-    json_t *kept = json_object();
+    /* Live assignments grouped by app; the rest go. */
+    json_t *lists = json_object();
     json_t *lost_nodes = json_object(); /* node id -> assignments removed */
     json_t *gone = json_object();       /* app id -> assignments removed */
     json_object_foreach(a->asg, id, v)
     {
         const char *node = json_str(v, "node");
+        if (!node)
+            continue; /* a_apply always sets it */
         const char *app_id = json_str(v, "app");
         json_t *app = app_id ? json_object_get(a->apps, app_id) : NULL;
         a_node_t *nd = a_node_find(nodes, n_nodes, node);
-        json_int_t version = 0, want = 0;
-        const char *isolate;
-        bool current = app && a_app_want(app, &version, &want, &isolate) &&
-                       json_is_integer(json_object_get(v, "version")) &&
-                       json_integer_value(json_object_get(v, "version")) == version;
-        if (app && !current && a_app_want(app, &version, &want, &isolate)) {
-            /* A version that only changed the instance count (a scale)
-             * keeps the instances it has: scaling restarts nothing. */
-            char sig[65];
-            a_spec_sig(json_object_get(app, "spec"), sig);
-            current = json_str(v, "sig") && strcmp(json_str(v, "sig"), sig) == 0;
+        bool keep = app && json_is_integer(json_object_get(v, "version"));
+        if (keep && !nd && a->lost_delay_ms) {
+            /* a node gone for less than the delay may come back */
+            json_t *since = json_object_get(a->gone_since, node);
+            if (!since) {
+                since = json_integer((json_int_t)now_ms);
+                json_object_set_new(a->gone_since, node, since);
+                log_info("sched", "node %s gone: its instances are replaced in %" PRIu64 " s unless it returns",
+                         node, a->lost_delay_ms / 1000);
+            }
+            keep = now_ms - (uint64_t)json_integer_value(since) < a->lost_delay_ms;
+        } else if (keep && !nd) {
+            keep = false;
         }
-        if (nd && current) {
-            json_t *list = json_object_get(kept, app_id);
+        if (keep) {
+            json_t *list = json_object_get(lists, app_id);
             if (!list) {
                 list = json_array();
-                json_object_set_new(kept, app_id, list);
+                json_object_set_new(lists, app_id, list);
             }
-            json_array_append_new(list, json_pack("{s:s, s:s}", "id", id, "node", node));
-            nd->count++;
+            int idx = nd ? nd->idx : -1;
+            json_array_append_new(
+                list, json_pack("{s:s, s:s, s:i, s:O, s:O, s:b}", "id", id, "node", node, "idx",
+                                idx, "sig", json_object_get(v, "sig"), "version",
+                                json_object_get(v, "version"), "healthy",
+                                nd && a_inst_healthy(a, id, v)));
+            if (idx >= 0)
+                a_use(pc, idx, json_object_get(v, "spec"), 1);
             continue;
         }
         a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, id), NULL);
@@ -509,28 +1274,26 @@ static void a_reconcile(sched_assign_t *a)
             json_object_set_new(
                 lost_nodes, node,
                 json_integer(json_integer_value(json_object_get(lost_nodes, node)) + 1));
-        } else {
-            const char *why = app ? "of an old version removed" : "removed (app deleted)";
-            log_debug("sched", "app %s: instance %s %s", app_id ? app_id : "?", id, why);
-            if (app_id)
-                json_object_set_new(
-                    gone, app_id,
-                    json_integer(json_integer_value(json_object_get(gone, app_id)) + 1));
+        } else if (app_id) {
+            json_object_set_new(gone, app_id,
+                                json_integer(json_integer_value(json_object_get(gone, app_id)) + 1));
         }
     }
     json_object_foreach(gone, id, v)
     {
-        log_info(
-            "sched", "app %s: %" JSON_INTEGER_FORMAT " instance(s) %s", id, json_integer_value(v),
-            json_object_get(a->apps, id) ? "of old versions removed" : "removed (app deleted)");
+        log_info("sched", "app %s: %" JSON_INTEGER_FORMAT " instance(s) removed (app deleted)", id,
+                 json_integer_value(v));
     }
     json_decref(gone);
     json_object_foreach(lost_nodes, id, v)
     {
         log_info("sched", "node %s lost: %" JSON_INTEGER_FORMAT " assignment(s) moved", id,
                  json_integer_value(v));
+        json_object_del(a->gone_since, id);
     }
     json_decref(lost_nodes);
+
+    a_deployments_tidy(a, now);
 
     /* Apps in id order, so placement is deterministic. */
     size_t n_apps = json_object_size(a->apps);
@@ -541,22 +1304,72 @@ static void a_reconcile(sched_assign_t *a)
         app_ids[k++] = id;
     }
     qsort(app_ids, n_apps, sizeof(*app_ids), a_str_cmp);
-    json_t *empty = json_array();
+    json_t *groups_wanted = json_object();
     for (size_t i = 0; i < n_apps; i++) {
-        json_t *list = json_object_get(kept, app_ids[i]);
-        a_reconcile_app(a, app_ids[i], json_object_get(a->apps, app_ids[i]), list ? list : empty,
-                        nodes, n_nodes);
+        json_t *app = json_object_get(a->apps, app_ids[i]);
+        json_t *list = json_object_get(lists, app_ids[i]);
+        if (!list) {
+            list = json_array();
+            json_object_set_new(lists, app_ids[i], list);
+        }
+        const char *dep_id = json_str(app, "deployment");
+        json_t *dep = dep_id ? json_object_get(a->deps, dep_id) : NULL;
+        const char *dst = dep ? json_str(dep, "status") : NULL;
+        bool held = dst && strcmp(dst, "cancelled") == 0;
+        a_result_t res = {.steps = json_array()};
+        a_reconcile_app(a, app_ids[i], app, list, pc, nodes, n_nodes, held, now, &res);
+        if (!held) {
+            a_placement_record(a, app_ids[i], &res, now);
+            if (dst && strcmp(dst, "running") == 0)
+                a_deployment(a, app_ids[i], app, dep, &res, now);
+        }
+        a_canary_group(a, app_ids[i], app, list, groups_wanted, now);
+        json_decref(res.explain);
+        json_decref(res.steps);
     }
-    void *tmp;
-    json_object_foreach_safe(a->waiting, tmp, id, v)
+    /* canary groups whose canary ended go (the gateway falls back to the app) */
+    json_object_foreach_safe(a->groups, tmp, id, v)
     {
-        if (!json_object_get(a->apps, id))
-            json_object_del(a->waiting, id);
+        if (!json_object_get(groups_wanted, id)) {
+            a_write_add(a, xasprintf("%s%s", A_GROUPS_PREFIX, id), NULL);
+            json_object_del(a->groups, id);
+        }
     }
-    json_decref(empty);
+    json_decref(groups_wanted);
+    json_object_foreach_safe(a->placement, tmp, id, v)
+    {
+        if (!json_object_get(a->apps, id)) {
+            a_write_add(a, xasprintf("%s%s", REC_PLACEMENT_PREFIX, id), NULL);
+            json_object_del(a->placement, id);
+        }
+    }
+    a_config_check(a);
     free(app_ids);
-    json_decref(kept);
+    json_decref(lists);
+    place_cluster_free(pc);
     free(nodes);
+}
+
+/* Deadlines and lost-node delays pass without any store change: look
+ * again every tick while either is pending. */
+static void a_on_tick(uv_timer_t *t)
+{
+    sched_assign_t *a = t->data;
+    if (a->stopping || !a->loaded)
+        return;
+    bool pending = json_object_size(a->gone_since) > 0;
+    const char *id;
+    json_t *d;
+    json_object_foreach(a->deps, id, d)
+    {
+        const char *st = json_str(d, "status");
+        if (st && strcmp(st, "running") == 0)
+            pending = true;
+    }
+    if (pending) {
+        a->dirty = true;
+        a_schedule(a);
+    }
 }
 
 static void a_on_timer(uv_timer_t *t)
@@ -571,7 +1384,13 @@ static void a_on_timer(uv_timer_t *t)
     if (a->inflight || a->n_w || a->seen_rev < a->wait_rev)
         return; /* a_schedule runs again when that changes */
     a->dirty = false;
+    uint64_t t0 = uv_hrtime();
     a_reconcile(a);
+    /* A pass costs O(assignments); under a storm of reports (1,000
+     * instances starting) space passes by ten times their cost, so the loop
+     * the API and the agent share stays free for them. */
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    a->coalesce_ms = ms * 10 < A_COALESCE_MS ? A_COALESCE_MS : ms * 10 > 250 ? 250 : ms * 10;
     a_send_next(a);
 }
 
@@ -582,7 +1401,7 @@ static void a_schedule(sched_assign_t *a)
         a->seen_rev < a->wait_rev)
         return;
     if (!uv_is_active((uv_handle_t *)&a->timer))
-        uv_timer_start(&a->timer, a_on_timer, A_COALESCE_MS, 0);
+        uv_timer_start(&a->timer, a_on_timer, a->coalesce_ms ? a->coalesce_ms : A_COALESCE_MS, 0);
 }
 
 /* ---- watch and load --------------------------------------------------- */
@@ -640,9 +1459,21 @@ static void a_load_done(int status, const err_t *err, const store_result_t *res,
     json_object_clear(a->nodes);
     json_object_clear(a->asg);
     json_object_clear(a->inst);
+    json_object_clear(a->deps);
+    json_object_clear(a->placement);
+    json_object_clear(a->groups);
+    json_object_clear(a->app_rev);
     for (size_t i = 0; i < res->n_ops; i++)
         for (size_t j = 0; j < res->ops[i].n_kvs; j++)
             a_apply(a, &res->ops[i].kvs[j], false);
+    /* the KV may have changed while no scheduler ran */
+    const char *aid;
+    json_t *av;
+    json_object_foreach(a->apps, aid, av)
+    {
+        if (json_str(json_object_get(av, "spec"), "config"))
+            json_object_set_new(a->config_dirty, aid, json_true());
+    }
     a->seen_rev = res->rev;
     a->wait_rev = 0;
     a->loaded = true;
@@ -658,14 +1489,17 @@ static void a_load_done(int status, const err_t *err, const store_result_t *res,
 
 static void a_load(sched_assign_t *a)
 {
-    store_op_t ops[4] = {
+    store_op_t ops[7] = {
         {.type = STORE_OP_GET, .key = A_APPS_PREFIX "/", .prefix = true},
         {.type = STORE_OP_GET, .key = A_NODES_PREFIX, .prefix = true},
         {.type = STORE_OP_GET, .key = A_ASSIGN_PREFIX, .prefix = true},
         {.type = STORE_OP_GET, .key = A_INST_PREFIX, .prefix = true},
+        {.type = STORE_OP_GET, .key = REC_DEPLOYMENTS_PREFIX, .prefix = true},
+        {.type = STORE_OP_GET, .key = REC_PLACEMENT_PREFIX "/", .prefix = true},
+        {.type = STORE_OP_GET, .key = A_GROUPS_PREFIX "canary.", .prefix = true},
     };
     a->inflight++;
-    if (store_txn(a->store, NULL, 0, ops, 4, NULL, 0, a_load_done, a)) {
+    if (store_txn(a->store, NULL, 0, ops, 7, NULL, 0, a_load_done, a)) {
         a->inflight--;
         log_warn("sched", "store unavailable; retrying");
         uv_timer_start(&a->timer, a_on_timer, A_RETRY_MS, 0);
@@ -687,8 +1521,18 @@ int sched_assign_start(uv_loop_t *loop, store_t *store, sched_assign_t **out, er
     a->asg = json_object();
     a->inst = json_object();
     a->waiting = json_object();
+    a->deps = json_object();
+    a->placement = json_object();
+    a->groups = json_object();
+    a->app_rev = json_object();
+    a->progress = json_object();
+    a->config_dirty = json_object();
+    a->gone_since = json_object();
     uv_timer_init(loop, &a->timer);
     a->timer.data = a;
+    uv_timer_init(loop, &a->tick);
+    a->tick.data = a;
+    uv_timer_start(&a->tick, a_on_tick, A_TICK_MS, A_TICK_MS);
     a_load(a);
     *out = a;
     return 0;
@@ -706,17 +1550,30 @@ static void a_closed(uv_handle_t *h)
     json_decref(a->asg);
     json_decref(a->inst);
     json_decref(a->waiting);
+    json_decref(a->deps);
+    json_decref(a->placement);
+    json_decref(a->groups);
+    json_decref(a->app_rev);
+    json_decref(a->progress);
+    json_decref(a->config_dirty);
+    json_decref(a->gone_since);
     free(a);
     if (done)
         done(done_data);
 }
 
+static void a_tick_closed(uv_handle_t *h)
+{
+    sched_assign_t *a = h->data;
+    uv_close((uv_handle_t *)&a->timer, a_closed);
+}
+
 /* Free once no store callback can reach `a` any more. */
 static void a_finish_stop(sched_assign_t *a)
 {
-    if (a->inflight || uv_is_closing((uv_handle_t *)&a->timer))
+    if (a->inflight || uv_is_closing((uv_handle_t *)&a->tick))
         return;
-    uv_close((uv_handle_t *)&a->timer, a_closed);
+    uv_close((uv_handle_t *)&a->tick, a_tick_closed);
 }
 
 void sched_assign_stop(sched_assign_t *a, void (*done)(void *data), void *data)
@@ -731,11 +1588,11 @@ void sched_assign_stop(sched_assign_t *a, void (*done)(void *data), void *data)
         a->watch = NULL;
     }
     uv_timer_stop(&a->timer);
+    uv_timer_stop(&a->tick);
     a_finish_stop(a);
 }
 
 void sched_assign_set_lost_delay(sched_assign_t *a, uint64_t ms)
 {
-    (void)a;
-    (void)ms;
+    a->lost_delay_ms = ms;
 }

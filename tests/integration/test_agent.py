@@ -169,9 +169,12 @@ def test_fixed_port_conflict_is_refused_with_reason(drover):
     a = wait_for(lambda: healthy(drover, "/t/fixed-a", 1), what="fixed-port app")[0]
     assert a["ports"] == [port]
     drover.post("/v1/apps", dict(spec, id="/t/fixed-b"))
-    b = wait_for(lambda: [i for i in instances(drover, "/t/fixed-b") if i["state"] == "failed"],
-                 what="port conflict")[0]
-    assert f"port {port}" in b["reason"] and "already used" in b["reason"]
+    # placement knows the port is taken: the instance waits and says why
+    p = wait_for(lambda: drover.get("/v1/apps/t/fixed-b").json()["placement"],
+                 what="port conflict")
+    assert p["waiting"] == 1 and "required host port in use" in p["summary"], p
+    assert p["nodes"][0]["reason"] == f"host port {port} already in use"
+    assert instances(drover, "/t/fixed-b") == []
 
 
 def test_logs_tail_and_follow(drover):
@@ -304,17 +307,16 @@ def test_node_limits_refuse_with_reasons(make_drover):
     d.post("/v1/apps", {"id": "/t/ports", "cmd": "exec sleep 1000", "instances": 3,
                         "backoffSeconds": 30})
 
-    def split():
-        inst = instances(d, "/t/ports")
-        up = [i for i in inst if i["state"] == "healthy"]
-        down = [i for i in inst if i["state"] == "failed"]
-        return (up, down) if len(up) == 2 and len(down) == 1 else None
-    up, down = wait_for(split, what="2 up and 1 refused")
+    up = wait_for(lambda: healthy(d, "/t/ports", 2), what="2 up")
     assert sorted(i["ports"][0] for i in up) == [lo, lo + 1]
-    assert "no free port" in down[0]["reason"] and f"{lo}-{lo + 1}" in down[0]["reason"]
+    # the third never reaches the node: placement sees the range is used up
+    p = wait_for(lambda: d.get("/v1/apps/t/ports").json()["placement"], what="port refusal")
+    assert p["waiting"] == 1 and "no free host port" in p["summary"], p
+    assert f"range {lo}-{lo + 1} used up" in p["nodes"][0]["reason"]
+    assert len(instances(d, "/t/ports")) == 2
     d.post("/v1/apps", {"id": "/t/huge", "cmd": "exec sleep 1000", "mem": 100000000,
                         "portDefinitions": [], "backoffSeconds": 30})
-    huge = wait_for(lambda: [i for i in instances(d, "/t/huge") if i["state"] == "failed"],
-                    what="memory refusal")[0]
-    assert "node out of memory" in huge["reason"] and "100000000 MiB" in huge["reason"]
+    p = wait_for(lambda: d.get("/v1/apps/t/huge").json()["placement"], what="memory refusal")
+    assert "lack memory (needs 100000000 MiB)" in p["summary"], p
+    assert "not enough memory (needs 100000000 MiB" in p["nodes"][0]["reason"]
     assert d.get("/v1/status").status == 200

@@ -206,3 +206,110 @@ def test_partition_restart_and_static_peers(net, tmp_path):
                     p.kill()
         logs.close()
         kill_leftover_instances(str(tmp_path))
+
+
+def test_constraints_labels_resources_and_node_loss(tmp_path):
+    """Three agents with labels, hostnames and capacities in their own
+    namespaces: constraints and resources decide placement, what cannot be
+    placed says why per node, and a killed node's instances are replaced on
+    the others once its lease expires; a node that comes back gets work."""
+    net = Net(4)
+    api = f"http://{net.addr(1)}:7400"
+    logs = open(tmp_path / "procs.log", "wb")
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"data-dir = {tmp_path}/server\napi = {net.addr(1)}:7400\n"
+                    f"locator = {net.addr(1)}:10053\n")
+    procs = [net.spawn(1, [BIN, "server", "--config", str(conf)], logs)]
+    labels = {2: "rack=r1,disk=ssd", 3: "rack=r2,disk=ssd", 4: "rack=r3,disk=hdd"}
+
+    def agent(i):
+        return net.spawn(i, [
+            BIN, "agent", "--server", api, "--data-dir", f"{tmp_path}/agent{i}",
+            "--advertise", net.addr(i), "--listen", f"{net.addr(i)}:7401",
+            "--locator", f"{net.addr(i)}:10053", "--labels", labels[i],
+            "--hostname", f"host{i}", "--cpus", "1", "--mem", "512"], logs)
+    agents = {i: agent(i) for i in (2, 3, 4)}
+
+    def call(method, path, body=None):
+        cmd = ["curl", "-s", "-X", method, api + path]
+        if body is not None:
+            cmd += ["-d", json.dumps(body)]
+        r = net.run(1, *cmd)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout else {}
+
+    def placed(app):
+        inst = call("GET", f"/v1/instances?app={app}").get("instances", [])
+        return [i["host"] for i in inst if i["state"] in ("healthy", "running")]
+
+    hosts = {net.addr(i): f"host{i}" for i in (2, 3, 4)}
+    try:
+        wait_for(lambda: len(call("GET", "/v1/nodes").get("nodes", [])) == 3, what="3 nodes")
+        nodes = call("GET", "/v1/nodes")["nodes"]
+        assert sorted(n["hostname"] for n in nodes) == ["host2", "host3", "host4"]
+        assert all(n["cpus"] == 1 and n["mem_mb"] == 512 for n in nodes)
+
+        base = {"cmd": "exec sleep 1000", "cpus": 0.1, "mem": 16}
+        call("POST", "/v1/apps", dict(base, id="/t/ssd", instances=3, constraints=[
+            ["disk", "CLUSTER", "ssd"], ["hostname", "UNIQUE"]]))
+        call("POST", "/v1/apps", dict(base, id="/t/racks", instances=3,
+                                      constraints=[["rack", "GROUP_BY"]]))
+        call("POST", "/v1/apps", dict(base, id="/t/big", instances=1, cpus=2))
+        call("POST", "/v1/apps", dict(base, id="/t/hdd", instances=2,
+                                      constraints=[["disk", "LIKE", "h.*"]]))
+
+        def on(app, n):
+            got = placed(app)
+            return got if len(got) == n else None
+        ssd = wait_for(lambda: on("/t/ssd", 2), what="2 ssd instances")
+        assert {hosts[h] for h in ssd} == {"host2", "host3"}
+        racks = wait_for(lambda: on("/t/racks", 3), what="one per rack")
+        assert {hosts[h] for h in racks} == {"host2", "host3", "host4"}
+        hdd = wait_for(lambda: on("/t/hdd", 2), what="hdd instances")
+        assert {hosts[h] for h in hdd} == {"host4"}
+
+        def why(app):
+            p = call("GET", f"/v1/apps{app}").get("placement")
+            return p if p and p["waiting"] else None
+        p = wait_for(lambda: why("/t/ssd"), what="ssd placement reason")
+        assert p["waiting"] == 1 and "0 of 3 nodes fit" in p["summary"], p
+        reasons = {n["node"]: n["reason"] for n in p["nodes"]}
+        assert len(reasons) == 3
+        assert any('["disk", "CLUSTER", "ssd"]' in r for r in reasons.values()), reasons
+        assert sum('["hostname", "UNIQUE"]' in r for r in reasons.values()) == 2, reasons
+        p = wait_for(lambda: why("/t/big"), what="big placement reason")
+        assert "cpus" in p["summary"], p
+        # the event stream never ends: read it for 2 s
+        ev = net.run(1, "curl", "-s", "-m", "2", f"{api}/v1/events?from=1&type=app.waiting").stdout
+        assert "/t/big" in ev and "/t/ssd" in ev
+
+        # kill -9 host4's agent: its lease (15 s) expires, its instances are
+        # marked lost and replaced elsewhere within the constraints
+        agents[4].kill()
+        agents[4].wait()
+
+        def moved():
+            got = placed("/t/racks")
+            inst = call("GET", "/v1/instances?app=/t/racks").get("instances", [])
+            lost = [i for i in inst if i["state"] == "lost"]
+            return got if len(got) == 3 and net.addr(4) not in got and lost else None
+        racks = wait_for(moved, timeout=45, what="host4's instance replaced")
+        assert {hosts[h] for h in racks} <= {"host2", "host3"}
+        # /t/hdd can only run on host4: it waits, and says so
+        p = wait_for(lambda: why("/t/hdd"), what="hdd waits")
+        assert p["waiting"] == 2 and "LIKE" in p["summary"], p
+
+        # host4 comes back: the waiting instances go there
+        agents[4] = agent(4)
+        hdd = wait_for(lambda: on("/t/hdd", 2), timeout=30, what="hdd back on host4")
+        assert {hosts[h] for h in hdd} == {"host4"}
+    finally:
+        for p in list(agents.values()) + procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        logs.close()
+        kill_leftover_instances(str(tmp_path))
+        net.close()

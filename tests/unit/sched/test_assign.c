@@ -231,8 +231,9 @@ static void put_app_cmd(fx_t *f, const char *id, int version, int instances, con
 {
     char key[300];
     snprintf(key, sizeof(key), "/apps%s", id);
-    json_t *spec = json_pack("{s:s, s:s, s:i, s:s}", "id", id, "cmd", cmd, "instances", instances,
-                             "isolate", isolate ? isolate : "process");
+    json_t *spec = json_pack("{s:s, s:s, s:i, s:s, s:f, s:i}", "id", id, "cmd", cmd, "instances",
+                             instances, "isolate", isolate ? isolate : "process", "cpus", 0.1,
+                             "mem", 16);
     put_json(f, key, json_pack("{s:s, s:i, s:o}", "id", id, "version", version, "spec", spec), 0);
 }
 
@@ -263,8 +264,9 @@ static int64_t add_node(fx_t *f, const char *id, const char *isolates)
         json_array_append_new(iso, json_string(t));
     free(copy);
     put_json(f, key,
-             json_pack("{s:s, s:s, s:s, s:o}", "id", id, "address", "10.0.0.1", "agent_url",
-                       "http://10.0.0.1:7401", "isolates", iso),
+             json_pack("{s:s, s:s, s:s, s:o, s:f, s:i, s:[i,i]}", "id", id, "address", "10.0.0.1",
+                       "agent_url", "http://10.0.0.1:7401", "isolates", iso, "cpus", 100.0,
+                       "mem_mb", 65536, "ports", 20000, 30000),
              c.lease);
     return c.lease;
 }
@@ -605,6 +607,95 @@ static void test_stop_busy(void **state)
     fx_stop(f);
 }
 
+/* An instance no node can take waits, and /placement<app> says why, per
+ * node; once it fits, the record goes. */
+static void test_unplaced_says_why(void **state)
+{
+    fx_t *f = *state;
+    add_node(f, "n1", NULL);
+    add_node(f, "n2", "oci");
+    fx_sleep(f, 50);
+    json_t *spec = json_pack("{s:s, s:s, s:i, s:s, s:f, s:i}", "id", "/huge", "cmd", "x",
+                             "instances", 1, "isolate", "process", "cpus", 500.0, "mem", 16);
+    put_json(f, "/apps/huge", json_pack("{s:s, s:i, s:o}", "id", "/huge", "version", 1, "spec", spec),
+             0);
+    json_t *rec = NULL;
+    for (int i = 0; i < 200 && !rec; i++) {
+        fx_sleep(f, 10);
+        rec = get_one(f, "/placement/huge");
+    }
+    assert_non_null(rec);
+    assert_int_equal(json_integer_value(json_object_get(rec, "waiting")), 1);
+    const char *summary = json_str(rec, "summary");
+    assert_non_null(summary);
+    assert_non_null(strstr(summary, "0 of 2 nodes fit"));
+    json_t *nodes = json_object_get(rec, "nodes");
+    assert_int_equal(json_array_size(nodes), 2);
+    json_decref(rec);
+    assert_int_equal(count(f, "/huge").of_app, 0);
+    /* smaller: it fits, the record goes */
+    spec = json_pack("{s:s, s:s, s:i, s:s, s:f, s:i}", "id", "/huge", "cmd", "x", "instances", 1,
+                     "isolate", "process", "cpus", 1.0, "mem", 16);
+    put_json(f, "/apps/huge", json_pack("{s:s, s:i, s:o}", "id", "/huge", "version", 2, "spec", spec),
+             0);
+    settle(f, 1);
+    rec = get_one(f, "/placement/huge");
+    assert_null(rec);
+}
+
+/* A running deployment advances with the instances' reported health and
+ * ends as succeeded; a newer one supersedes an older. */
+static void test_deployment_progress(void **state)
+{
+    fx_t *f = *state;
+    add_node(f, "n1", NULL);
+    fx_sleep(f, 50);
+    json_t *spec = json_pack("{s:s, s:s, s:i, s:s, s:f, s:i}", "id", "/d", "cmd", "x",
+                             "instances", 2, "isolate", "process", "cpus", 0.1, "mem", 16);
+    put_json(f, "/deployments/old1", json_pack("{s:s, s:s, s:s, s:s, s:[]}", "id", "old1", "app",
+                                               "/d", "status", "running", "created_at", "1",
+                                               "steps"), 0);
+    put_json(f, "/deployments/dep1", json_pack("{s:s, s:s, s:s, s:s, s:[]}", "id", "dep1", "app",
+                                               "/d", "status", "running", "created_at", "2",
+                                               "steps"), 0);
+    put_json(f, "/apps/d", json_pack("{s:s, s:i, s:o, s:s}", "id", "/d", "version", 1, "spec", spec,
+                                     "deployment", "dep1"), 0);
+    settle(f, 2);
+    json_t *dep = get_one(f, "/deployments/dep1");
+    assert_string_equal(json_str(dep, "status"), "running");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(dep, "progress"), "new")),
+                     2);
+    json_decref(dep);
+    json_t *old = get_one(f, "/deployments/old1");
+    assert_string_equal(json_str(old, "status"), "superseded");
+    json_decref(old);
+    /* the agent reports both healthy */
+    json_t *all = get_prefix(f, "/assign/");
+    size_t i;
+    json_t *e;
+    json_array_foreach(all, i, e)
+    {
+        const char *id = json_str(json_object_get(e, "value"), "id");
+        char key[300];
+        snprintf(key, sizeof(key), "/instances/%s", id);
+        put_json(f, key, json_pack("{s:s, s:s, s:s}", "id", id, "app", "/d", "state", "healthy"), 0);
+    }
+    json_decref(all);
+    for (int k = 0; k < 200; k++) {
+        fx_sleep(f, 10);
+        dep = get_one(f, "/deployments/dep1");
+        if (dep && strcmp(json_str(dep, "status"), "succeeded") == 0)
+            break;
+        json_decref(dep);
+        dep = NULL;
+    }
+    assert_non_null(dep);
+    json_t *steps = json_object_get(dep, "steps");
+    assert_true(json_array_size(steps) >= 2);
+    assert_non_null(strstr(json_str(json_array_get(steps, 0), "message"), "started 2 instance(s)"));
+    json_decref(dep);
+}
+
 int main(void)
 {
     log_setup(getenv("TEST_DEBUG") ? LOG_DEBUG : LOG_WARN, LOG_TEXT);
@@ -620,6 +711,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_batch, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_restart, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_stop_busy, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unplaced_says_why, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_deployment_progress, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
