@@ -1,4 +1,4 @@
-/* `drover apps`, `drover app show|rm|versions`, `drover versions`. */
+/* `drover apps`, `drover app show|rm|versions|stop|start`, `drover versions`. */
 #include "cli/cli.h"
 
 #include "core/alloc.h"
@@ -186,9 +186,72 @@ static void show_failure(FILE *out, const json_t *f)
     free(reason);
 }
 
+/* What is changing: the running deployment (summarized from its record
+ * when the caller fetched it), a canary beside the current version, a
+ * stopped app's remembered count, and why instances wait for a node. Each
+ * line only when the server sent the field, so answers of servers without
+ * deployments read as before. */
+static void show_rollout(FILE *out, const json_t *app, const json_t *dep)
+{
+    json_t *d = json_object_get(app, "deployment");
+    if (json_is_string(d)) {
+        if (json_is_object(dep)) {
+            char *versions = cli_deployment_versions(dep, " -> ");
+            char *progress = cli_deployment_progress(dep);
+            const char *kind = json_str(dep, "kind"), *status = json_str(dep, "status");
+            char *s = xasprintf("%s (%s, version %s, %s: %s)", json_string_value(d),
+                                kind ? kind : "?", versions, status ? status : "?", progress);
+            show_line(out, "deployment", s);
+            free(s);
+            free(versions);
+            free(progress);
+        } else {
+            show_line(out, "deployment", json_string_value(d));
+        }
+    } else if (d) {
+        show_line(out, "deployment", "none");
+    }
+    json_t *c = json_object_get(app, "canary");
+    if (json_is_object(c)) {
+        char *v = cli_json_text(json_object_get(c, "version"));
+        char *p = cli_json_text(json_object_get(c, "percent"));
+        char *n = cli_json_text(json_object_get(c, "instances"));
+        char *s = xasprintf("version %s, %s%% of the traffic, %s instance(s)", v, p, n);
+        show_line(out, "canary", s);
+        free(s);
+        free(v);
+        free(p);
+        free(n);
+    }
+    json_t *st = json_object_get(app, "stopped");
+    if (json_is_object(st)) {
+        char *n = cli_json_text(json_object_get(st, "instances"));
+        char *s = xasprintf("yes (`drover app start` brings back %s instance(s))", n);
+        show_line(out, "stopped", s);
+        free(s);
+        free(n);
+    }
+    json_t *env = json_object_get(app, "config_env");
+    if (json_is_object(env)) {
+        size_t n = json_object_size(env);
+        char *s = xasprintf("%zu variable%s from %s", n, n == 1 ? "" : "s",
+                            json_str(json_object_get(app, "spec"), "config")
+                                ? json_str(json_object_get(app, "spec"), "config")
+                                : "KV");
+        show_line(out, "config env", s);
+        free(s);
+    }
+    cli_placement_print(json_object_get(app, "placement"), out);
+}
+
 /* The summary answers "what is running and how is it configured" at a
  * glance; everything else is one `--json` away. */
 void cli_app_show(const json_t *app, int64_t now_ms, FILE *out)
+{
+    cli_app_show_with(app, NULL, now_ms, out);
+}
+
+void cli_app_show_with(const json_t *app, const json_t *dep, int64_t now_ms, FILE *out)
 {
     json_t *spec = json_object_get(app, "spec");
     show_value(out, "id", json_object_get(app, "id"));
@@ -244,6 +307,7 @@ void cli_app_show(const json_t *app, int64_t now_ms, FILE *out)
     }
     show_list(out, "health", json_object_get(spec, "healthChecks"), show_health_item);
     show_list(out, "routes", json_object_get(spec, "routes"), show_route_item);
+    show_rollout(out, app, dep);
     show_time(out, "created", json_str(app, "created_at"), now_ms);
     show_time(out, "updated", json_str(app, "updated_at"), now_ms);
     show_failure(out, json_object_get(app, "lastTaskFailure"));
@@ -300,7 +364,8 @@ static int app_show(cli_ctx_t *ctx, int argc, char **argv)
     static const cli_cmd_t cmd = {
         "app show", "app show ID [--json]",
         "Show an app's current version: resources, command or image, env, labels, health "
-        "checks, routes, times and warnings.",
+        "checks, routes, the running deployment, a canary, why instances wait for a node, "
+        "times and warnings.",
         "drover app show /production/web\ndrover app show /production/web --json | jq .spec"};
     cli_opt_t opts[] = {CLI_FLAG("json", "print the API answer (id, version, spec, ...)")};
     cli_args_t args;
@@ -310,12 +375,39 @@ static int app_show(cli_ctx_t *ctx, int argc, char **argv)
     char *path = cli_app_path(args.pos[0], NULL);
     json_t *j = NULL;
     rc = app_get_json(ctx, path, opts[0].count > 0, &j);
-    if (rc == CLI_EXIT_OK && !opts[0].count)
-        cli_app_show(j, cli_now_ms(), ctx->out);
+    if (rc == CLI_EXIT_OK && !opts[0].count) {
+        /* The running deployment's progress is worth a second request; if
+         * that one fails the id alone is still shown. */
+        json_t *dep = NULL;
+        const char *dep_id = json_str(j, "deployment");
+        if (dep_id) {
+            buf_t dp = BUF_INIT(0);
+            buf_append_str(&dp, "/v1/deployments/");
+            cli_url_escape(&dp, dep_id, false);
+            http_client_resp_t resp;
+            err_t err = {0};
+            if (cli_api_json(ctx, "GET", dp.data, NULL, 0, &resp, &dep, &err) < 0)
+                dep = NULL;
+            http_client_resp_free(&resp);
+            buf_free(&dp);
+        }
+        cli_app_show_with(j, dep, cli_now_ms(), ctx->out);
+        json_decref(dep);
+    }
     json_decref(j);
     free(path);
     cli_args_free(&args, opts, 1);
     return rc;
+}
+
+static int app_stop(cli_ctx_t *ctx, int argc, char **argv)
+{
+    return cli_app_stop_start(ctx, true, argc, argv);
+}
+
+static int app_start(cli_ctx_t *ctx, int argc, char **argv)
+{
+    return cli_app_stop_start(ctx, false, argc, argv);
 }
 
 static int app_rm(cli_ctx_t *ctx, int argc, char **argv)
@@ -389,6 +481,8 @@ int cli_cmd_app(cli_ctx_t *ctx, int argc, char **argv)
         {"show", "app show ID", "show one app's current version", app_show},
         {"rm", "app rm ID", "delete an app and its version history", app_rm},
         {"versions", "app versions ID", "list the versions of an app", app_versions},
+        {"stop", "app stop ID", "scale an app to 0, remembering its count", app_stop},
+        {"start", "app start ID", "bring a stopped app back", app_start},
     };
     return cli_dispatch(ctx, "app", subs, sizeof(subs) / sizeof(subs[0]), argc, argv);
 }

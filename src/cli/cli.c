@@ -17,11 +17,27 @@ typedef struct cli_verb {
 } cli_verb_t;
 
 static const cli_verb_t cli_verbs[] = {
-    {"apps", cli_cmd_apps},         {"app", cli_cmd_app},       {"deploy", cli_cmd_deploy},
-    {"versions", cli_cmd_versions}, {"push", cli_cmd_push},     {"ps", cli_cmd_ps},
-    {"logs", cli_cmd_logs},         {"nodes", cli_cmd_nodes},   {"kv", cli_cmd_kv},
-    {"events", cli_cmd_events},     {"status", cli_cmd_status}, {"group", cli_cmd_group},
+    {"apps", cli_cmd_apps},
+    {"app", cli_cmd_app},
+    {"deploy", cli_cmd_deploy},
+    {"versions", cli_cmd_versions},
+    {"push", cli_cmd_push},
+    {"ps", cli_cmd_ps},
+    {"logs", cli_cmd_logs},
+    {"nodes", cli_cmd_nodes},
+    {"kv", cli_cmd_kv},
+    {"events", cli_cmd_events},
+    {"status", cli_cmd_status},
+    {"group", cli_cmd_group},
     {"resolve", cli_cmd_resolve},
+    /* deployments.c */
+    {"deployments", cli_cmd_deployments},
+    {"deployment", cli_cmd_deployment},
+    {"scale", cli_cmd_scale},
+    {"rollback", cli_cmd_rollback},
+    {"promote", cli_cmd_promote},
+    {"abort", cli_cmd_abort},
+    {"restart", cli_cmd_restart},
 };
 
 void cli_usage(FILE *out)
@@ -39,9 +55,22 @@ void cli_usage(FILE *out)
           "  app show ID              show one app's current version\n"
           "  app rm ID                delete an app and its version history\n"
           "  app versions ID          same as `drover versions ID`\n"
-          "  deploy FILE              create or update an app from a spec (--var, --dry-run)\n"
+          "  app stop ID              scale an app to 0, remembering its instance count\n"
+          "  app start ID             bring a stopped app back to its count\n"
+          "  deploy FILE              create or update an app from a spec (--var, --wait)\n"
           "  versions ID              list the versions of an app\n"
           "  push DIR                 upload a directory as an artifact for specs to run\n"
+          "\n"
+          "Deployments:\n"
+          "  deployments              list running deployments (--app, --all for finished)\n"
+          "  deployment show ID       show a deployment's progress and steps\n"
+          "  deployment wait ID       follow a deployment until it ends\n"
+          "  deployment cancel ID     stop a deployment where it is\n"
+          "  scale APP N              set the instance count (--wait follows the deployment)\n"
+          "  rollback APP [VERSION]   go back to an earlier version's spec\n"
+          "  restart APP              replace every instance, rolling\n"
+          "  promote APP              make the canary the current version\n"
+          "  abort APP                stop the canary; the current version keeps the traffic\n"
           "\n"
           "Instances:\n"
           "  ps [APP]                 list instances: node, address, state (--all for ended)\n"

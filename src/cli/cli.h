@@ -278,6 +278,9 @@ char *cli_event_json_line(const cli_sse_event_t *ev);
 /* apps.c */
 void cli_apps_table(const json_t *apps, int64_t now_ms, FILE *out);
 void cli_app_show(const json_t *app, int64_t now_ms, FILE *out);
+/* cli_app_show with the app's running deployment (GET /v1/deployments/<id>)
+ * summarized on its line; dep may be NULL (then the id alone). */
+void cli_app_show_with(const json_t *app, const json_t *dep, int64_t now_ms, FILE *out);
 void cli_versions_table(const json_t *answer, int64_t now_ms, FILE *out);
 /* deploy.c */
 void cli_deploy_print_invalid(const json_t *answer, FILE *err);
@@ -319,6 +322,76 @@ int cli_logs_pick(const json_t *instances, const char *app, const char *instance
                   const char ***ids, size_t *n_ids, err_t *err);
 /* push.c: "pushed DIR as sha256:<hex> (N bytes)" and the spec hint. */
 void cli_push_print(const char *dir, const json_t *answer, FILE *out);
+/* deployments.c */
+/* `--canary N` / `--canary N%`: *percent is N, 1..99; -EINVAL (err naming
+ * the flag) otherwise. */
+int cli_canary_parse(const char *arg, int *percent, err_t *err);
+/* A version argument, "3" or "v3" (>= 1); -EINVAL with err otherwise. */
+int cli_version_parse(const char *arg, int64_t *version, err_t *err);
+/* The follower's progress text: "1/4 new healthy, 3 old left" (a canary
+ * deployment: "1/1 canary healthy", ", M old left" only when M > 0), then ", N waiting for a
+ * node" when some are unplaced; "waiting for the scheduler" before the
+ * first progress. malloc'd. */
+char *cli_deployment_progress(const json_t *dep);
+/* "3<sep>4" (from_version, version); "4" when there is no from_version
+ * (a new app). malloc'd. */
+char *cli_deployment_versions(const json_t *dep, const char *sep);
+/* The closing line of a finished deployment: "deployment ID succeeded in
+ * 12.3 s", "deployment ID failed: <reason>", "deployment ID cancelled",
+ * "deployment ID superseded by a newer change to APP"; a failure the
+ * server rolls back (its "rolled_back_by") adds "(rolling back: deployment
+ * ID2)". NULL while it runs. malloc'd. */
+char *cli_deployment_result(const json_t *dep);
+/* ID APP KIND VERSION STATUS PROGRESS AGE, in the server's order. */
+void cli_deployments_table(const json_t *deps, int64_t now_ms, FILE *out);
+void cli_deployment_show(const json_t *dep, int64_t now_ms, FILE *out);
+/* "placement: N waiting for a node: <summary>" and one "  - node: reason"
+ * line per node; nothing when placement is not an object. */
+void cli_placement_print(const json_t *placement, FILE *out);
+/* An app action's answer as one line: "scaled /production/web to 4
+ * (version 5, deployment 5f2c9a1b3d4e)"; action is the API's name
+ * ("scale", "rollback", "stop", ...). */
+void cli_action_print(const char *action, const json_t *answer, FILE *out);
+
+/* What the follower has shown so far (the pure part of --wait). Owns its
+ * strings; cli_follow_free releases them. */
+typedef struct cli_follow {
+    bool tty;          /* redraw one status line in place (\r, ESC[K) */
+    bool status_shown; /* tty: the status line is on screen, without newline */
+    char *step_at;     /* the last step shown: its "at" and "message" */
+    char *step_msg;
+    char *line;      /* the last progress text shown */
+    char *placement; /* the last placement summary shown */
+} cli_follow_t;
+
+void cli_follow_init(cli_follow_t *f, bool tty);
+/* Print what changed in dep since the last call: without tty, one line
+ * "  <progress> (<new step>; <new step>)" when the progress or the steps
+ * changed, and "  waiting for a node: <summary>" when the placement summary
+ * is new; with tty, new steps and placement as lines of their own and the
+ * progress as a status line redrawn in place. */
+void cli_follow_render(cli_follow_t *f, const json_t *dep, FILE *out);
+/* End the status line and print cli_deployment_result; CLI_EXIT_OK when
+ * the deployment succeeded, else CLI_EXIT_ERROR. */
+int cli_follow_finish(cli_follow_t *f, const json_t *dep, FILE *out);
+void cli_follow_free(cli_follow_t *f);
+
+enum {
+    CLI_FOLLOW_HEADER = 1,     /* first a line naming the deployment */
+    CLI_FOLLOW_JSON = 2,       /* progress and result on ctx->err, not ctx->out */
+    CLI_FOLLOW_PRINT_JSON = 4, /* then the finished deployment's JSON on ctx->out */
+};
+/* Follow deployment `id` with blocking reads (GET /v1/deployments/<id>
+ * ?index=N&wait=30s) until it is no longer running. Returns the exit code:
+ * CLI_EXIT_OK when it succeeded, CLI_EXIT_ERROR otherwise (failed,
+ * cancelled, superseded, or a request failed, said on ctx->err). */
+int cli_deployment_follow(cli_ctx_t *ctx, const char *id, unsigned flags);
+/* POST /v1/apps/<app>/<action> with body (NULL: none), print the answer
+ * (raw: as received), then with `wait` follow its deployment. Exit code. */
+int cli_app_action(cli_ctx_t *ctx, const char *app, const char *action, const json_t *body,
+                   bool wait, bool raw);
+/* `app stop` / `app start` (apps.c registers them). */
+int cli_app_stop_start(cli_ctx_t *ctx, bool stop, int argc, char **argv);
 
 /* ---- verbs -------------------------------------------------------------- */
 
@@ -337,5 +410,13 @@ int cli_cmd_ps(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_nodes(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_logs(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_push(cli_ctx_t *ctx, int argc, char **argv);
+/* Deployments and app actions (src/cli/deployments.c). */
+int cli_cmd_deployments(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_deployment(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_scale(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_rollback(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_promote(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_abort(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_restart(cli_ctx_t *ctx, int argc, char **argv);
 
 #endif

@@ -1,5 +1,6 @@
 /* `drover deploy FILE`: fill the template client-side, send the spec, show
- * what the server made of it (new version, unchanged, every error). */
+ * what the server made of it (new version, unchanged, every error), and
+ * with --wait follow the deployment it started (deployments.c). */
 #include "cli/cli.h"
 
 #include "core/alloc.h"
@@ -39,15 +40,32 @@ void cli_deploy_print_warnings(const json_t *answer, FILE *err)
         print_path_reason(err, "warning: ", json_array_get(warnings, i));
 }
 
+/* The deployment id goes on the result line so `drover deployment wait`
+ * can pick it up later; a canary says how much of the app it took. */
 void cli_deploy_print_result(const json_t *answer, FILE *out, FILE *err)
 {
     const char *id = json_str(answer, "id");
     char *version = cli_json_text(json_object_get(answer, "version"));
+    const char *dep = json_str(answer, "deployment");
+    json_t *canary = json_object_get(json_object_get(answer, "app"), "canary");
+    bool is_canary = json_is_object(canary) && json_equal(json_object_get(canary, "version"),
+                                                          json_object_get(answer, "version"));
     /* A missing "changed" means a new version: the conservative reading. */
-    if (json_is_false(json_object_get(answer, "changed")))
+    if (json_is_false(json_object_get(answer, "changed"))) {
         fprintf(out, "unchanged: %s is at version %s\n", id ? id : "?", version);
-    else
+    } else if (is_canary) {
+        char *pct = cli_json_text(json_object_get(canary, "percent"));
+        char *n = cli_json_text(json_object_get(canary, "instances"));
+        fprintf(out, "canary %s version %s: %s%% of the traffic, %s instance(s)%s%s%s\n",
+                id ? id : "?", version, pct, n, dep ? " (deployment " : "", dep ? dep : "",
+                dep ? ")" : "");
+        free(pct);
+        free(n);
+    } else if (dep) {
+        fprintf(out, "deployed %s version %s (deployment %s)\n", id ? id : "?", version, dep);
+    } else {
         fprintf(out, "deployed %s version %s\n", id ? id : "?", version);
+    }
     free(version);
     cli_deploy_print_warnings(answer, err);
 }
@@ -113,11 +131,20 @@ static void print_lines(cli_ctx_t *ctx, const char *msg)
     }
 }
 
-static int deploy_send(cli_ctx_t *ctx, const char *text, size_t len, bool dry_run, bool raw)
+/* canary: 0 for a plain deploy, else the percentage (?canary=N). With
+ * `wait`, the answer's deployment is followed to its end and decides the
+ * exit code; an unchanged spec makes none, so there is nothing to wait
+ * for. */
+static int deploy_send(cli_ctx_t *ctx, const char *text, size_t len, bool dry_run, bool raw,
+                       int canary, bool wait)
 {
     http_client_resp_t resp;
     err_t err = {0};
-    const char *path = dry_run ? "/v1/apps?dry_run=1" : "/v1/apps";
+    char path[64];
+    snprintf(path, sizeof(path), "/v1/apps%s", dry_run ? "?dry_run=1" : "");
+    if (canary)
+        snprintf(path + strlen(path), sizeof(path) - strlen(path), "%ccanary=%d",
+                 dry_run ? '&' : '?', canary);
     int rc = cli_api(ctx, "POST", path, "application/json", text, len, CLI_TIMEOUT_MS, &resp, &err);
     json_t *answer = NULL;
     if (resp.status > 0)
@@ -152,6 +179,13 @@ static int deploy_send(cli_ctx_t *ctx, const char *text, size_t len, bool dry_ru
         cli_deploy_print_diff(answer, ctx->out);
         cli_deploy_print_warnings(answer, ctx->err);
     }
+    const char *dep = exit_code == CLI_EXIT_OK && !dry_run ? json_str(answer, "deployment") : NULL;
+    if (wait && dep) {
+        fflush(ctx->out);
+        char *id = xstrdup(dep);
+        exit_code = cli_deployment_follow(ctx, id, raw ? CLI_FOLLOW_JSON : 0);
+        free(id);
+    }
     json_decref(answer);
     http_client_resp_free(&resp);
     return exit_code;
@@ -160,19 +194,26 @@ static int deploy_send(cli_ctx_t *ctx, const char *text, size_t len, bool dry_ru
 int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv)
 {
     static const cli_cmd_t cmd = {
-        "deploy", "deploy FILE|- [--var NAME=VALUE]... [--dry-run] [--json] [--no-template]",
+        "deploy", "deploy FILE|- [--var NAME=VALUE]... [--wait] [--canary N%] [--dry-run] [--json]",
         "Create or update an app from a JSON spec. $name and ${name} placeholders in FILE are "
         "filled from --var before sending (a number goes in unquoted; $$ is a literal $). A "
-        "spec equal to the current version makes no new version.",
-        "drover deploy web.json\n"
+        "spec equal to the current version makes no new version. --wait follows the "
+        "deployment until it ends (exit 1 unless it succeeds); --canary runs the spec beside "
+        "the current version with N% of the instances and traffic.",
+        "drover deploy web.json --wait\n"
         "drover deploy web.json --var instances=3 --var image=nginx:1.25 --dry-run\n"
+        "drover deploy web.json --canary 10% --wait\n"
         "sed s/v1/v2/ web.json | drover deploy -"};
-    enum { O_VAR, O_DRY, O_JSON, O_NOTPL, O_N };
+    enum { O_VAR, O_DRY, O_JSON, O_NOTPL, O_WAIT, O_CANARY, O_N };
     cli_opt_t opts[O_N] = {
         [O_VAR] = CLI_LIST("var", "NAME=VALUE", "fill the template variable NAME"),
         [O_DRY] = CLI_FLAG("dry-run", "print the filled spec and its diff; store nothing"),
-        [O_JSON] = CLI_FLAG("json", "print the API answer"),
+        [O_JSON] = CLI_FLAG("json", "print the API answer (with --wait, progress goes to stderr)"),
         [O_NOTPL] = CLI_FLAG("no-template", "send FILE as is, leaving every $ untouched"),
+        [O_WAIT] = CLI_FLAG("wait", "follow the deployment until it ends; exit 1 unless it "
+                                    "succeeds"),
+        [O_CANARY] =
+            CLI_VALUE("canary", "N%", "run it as a canary: N% (1..99) of instances and traffic"),
     };
     cli_args_t args;
     int rc = cli_parse(ctx, &cmd, argc, argv, opts, O_N, 1, 1, &args);
@@ -196,6 +237,15 @@ int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv)
         rc = cli_usage_error(ctx, &cmd, "--var and --no-template do not go together");
         goto out;
     }
+    int canary = 0;
+    if (opts[O_CANARY].value && cli_canary_parse(opts[O_CANARY].value, &canary, &err) < 0) {
+        rc = cli_usage_error(ctx, &cmd, "%s", err.msg);
+        goto out;
+    }
+    if (opts[O_WAIT].count && opts[O_DRY].count) {
+        rc = cli_usage_error(ctx, &cmd, "--wait and --dry-run do not go together");
+        goto out;
+    }
     if (cli_read_input(args.pos[0], CLI_MAX_SPEC, &text, &err) < 0) {
         rc = cli_fail(ctx, "%s", err.msg);
         goto out;
@@ -208,7 +258,8 @@ int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv)
         rc = CLI_EXIT_USAGE;
         goto out;
     }
-    rc = deploy_send(ctx, filled, filled_len, opts[O_DRY].count > 0, opts[O_JSON].count > 0);
+    rc = deploy_send(ctx, filled, filled_len, opts[O_DRY].count > 0, opts[O_JSON].count > 0, canary,
+                     opts[O_WAIT].count > 0);
 out:
     for (size_t i = 0; i < n_vars; i++)
         free((char *)vars[i].name);

@@ -172,7 +172,7 @@ def test_fixed_port_conflict_is_refused_with_reason(drover):
     # placement knows the port is taken: the instance waits and says why
     p = wait_for(lambda: drover.get("/v1/apps/t/fixed-b").json()["placement"],
                  what="port conflict")
-    assert p["waiting"] == 1 and "required host port in use" in p["summary"], p
+    assert p["waiting"] == 1 and f"has host port {port} in use" in p["summary"], p
     assert p["nodes"][0]["reason"] == f"host port {port} already in use"
     assert instances(drover, "/t/fixed-b") == []
 
@@ -317,6 +317,6 @@ def test_node_limits_refuse_with_reasons(make_drover):
     d.post("/v1/apps", {"id": "/t/huge", "cmd": "exec sleep 1000", "mem": 100000000,
                         "portDefinitions": [], "backoffSeconds": 30})
     p = wait_for(lambda: d.get("/v1/apps/t/huge").json()["placement"], what="memory refusal")
-    assert "lack memory (needs 100000000 MiB)" in p["summary"], p
+    assert "lacks memory (needs 100000000 MiB)" in p["summary"], p
     assert "not enough memory (needs 100000000 MiB" in p["nodes"][0]["reason"]
     assert d.get("/v1/status").status == 200
