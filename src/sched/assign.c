@@ -72,6 +72,9 @@ struct sched_assign {
     uint64_t lost_delay_ms;
     int side_inflight; /* rollbacks and config versions being written */
     uint64_t coalesce_ms; /* wait before the next pass (see a_on_timer) */
+    json_t *rebal; /* app id -> {"inst", "from", "at_ms"}: a move in flight */
+    bool rebal_due;  /* a node joined or came back: look for uneven apps */
+    bool rebal_moved; /* this pass started a move */
     int64_t seen_rev;
     int64_t wait_rev;
     bool loaded;
@@ -181,6 +184,8 @@ static bool a_apply(sched_assign_t *a, const store_kv_t *kv, bool deleted)
     if (str_has_prefix(key, A_NODES_PREFIX)) {
         const char *id = key + strlen(A_NODES_PREFIX);
         json_t *rec = deleted ? NULL : a_parse(kv);
+        if (rec && !json_object_get(a->nodes, id))
+            a->rebal_due = true;
         if (rec)
             json_object_set_new(a->nodes, id, rec);
         else
@@ -647,6 +652,133 @@ static void a_nodes_text(const json_t *placed_on, char *out, size_t n)
     }
 }
 
+/* The value of the app's first GROUP_BY field on node idx, or NULL. */
+static const char *a_group_value(sched_assign_t *a, place_cluster_t *pc, const json_t *spec,
+                                 int idx)
+{
+    const json_t *cons = json_object_get(spec, "constraints");
+    size_t i;
+    json_t *c;
+    json_array_foreach(cons, i, c)
+    {
+        const char *op = json_string_value(json_array_get(c, 1));
+        const char *field = json_string_value(json_array_get(c, 0));
+        if (!op || !field || strcmp(op, "GROUP_BY") != 0)
+            continue;
+        json_t *node = json_object_get(a->nodes, place_node_id(pc, idx));
+        if (strcmp(field, "hostname") == 0)
+            return json_str(node, "hostname");
+        return json_str(json_object_get(node, "labels"), field);
+    }
+    return NULL;
+}
+
+static bool a_has_group_by(const json_t *spec)
+{
+    const json_t *cons = json_object_get(spec, "constraints");
+    size_t i;
+    json_t *c;
+    json_array_foreach(cons, i, c)
+    {
+        const char *op = json_string_value(json_array_get(c, 1));
+        if (op && strcmp(op, "GROUP_BY") == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Nodes that come back, or join, get work again: when a converged spread
+ * app is uneven by two or more (instances per node, or per GROUP_BY
+ * value), start one instance where placement would put a new one now and,
+ * once it is healthy, stop one on the most crowded node (a_reconcile_app).
+ * One move per app at a time, each a surge like a rolling upgrade's, so
+ * capacity never drops. */
+static void a_rebalance(sched_assign_t *a, place_cluster_t *pc, const char *app_id,
+                        const json_t *app, const json_t *list, a_result_t *res, const char *now)
+{
+    const json_t *spec = json_object_get(app, "spec");
+    const char *strategy = json_str(spec, "placement");
+    if (strategy && strcmp(strategy, "binpack") == 0)
+        return;
+    size_t n_nodes = place_node_count(pc);
+    if (n_nodes < 2 || json_array_size(list) < 2)
+        return;
+    bool grouped = a_has_group_by(spec);
+    json_t *per = json_object(); /* node idx or group value -> instances */
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        int idx = (int)json_integer_value(json_object_get(e, "idx"));
+        if (idx < 0 || json_is_true(json_object_get(e, "stopping")) ||
+            !json_is_true(json_object_get(e, "healthy"))) {
+            json_decref(per); /* only a settled app moves */
+            return;
+        }
+        const char *key = grouped ? a_group_value(a, pc, spec, idx) : place_node_id(pc, idx);
+        if (!key)
+            continue;
+        json_object_set_new(per, key, json_integer(json_integer_value(json_object_get(per, key)) + 1));
+    }
+    place_app_t *pa = a_place_app(pc, app_id, spec, list);
+    if (!pa) {
+        json_decref(per);
+        return;
+    }
+    int to = place_pick(pc, pa);
+    if (to < 0) {
+        place_app_free(pa);
+        json_decref(per);
+        return;
+    }
+    const char *to_key = grouped ? a_group_value(a, pc, spec, to) : place_node_id(pc, to);
+    json_int_t to_n = to_key ? json_integer_value(json_object_get(per, to_key)) : 0;
+    /* the crowded side: the node (or a node of the value) with the most */
+    const char *from = NULL;
+    json_int_t from_n = 0;
+    json_array_foreach(list, i, e)
+    {
+        int idx = (int)json_integer_value(json_object_get(e, "idx"));
+        const char *key = grouped ? a_group_value(a, pc, spec, idx) : place_node_id(pc, idx);
+        json_int_t k = key ? json_integer_value(json_object_get(per, key)) : 0;
+        if (k > from_n) {
+            from_n = k;
+            from = json_str(e, "node");
+        }
+    }
+    if (!to_key || !from || from_n - to_n < 2) {
+        /* even enough: give back what the trial pick took */
+        place_app_count(pa, to, -1);
+        a_use(pc, to, spec, -1);
+        place_app_free(pa);
+        json_decref(per);
+        return;
+    }
+    place_app_free(pa);
+    json_decref(per);
+    const json_t *env = json_object_get(app, "config_env");
+    int64_t restart = json_integer_value(json_object_get(app, "restart"));
+    json_t *eff = rec_effective_spec(spec, env);
+    char sig[65];
+    rec_signature(spec, env, restart, sig);
+    const char *node = place_node_id(pc, to);
+    char *inst = sched_instance_id_new(app_id);
+    json_t *rec = json_pack("{s:s, s:s, s:O, s:s, s:o, s:s}", "id", inst, "app", app_id, "version",
+                            json_object_get(app, "version"), "node", node, "spec", eff, "sig",
+                            sig);
+    a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, inst), rec);
+    json_decref(rec);
+    json_object_set_new(a->rebal, app_id,
+                        json_pack("{s:s, s:s, s:I}", "inst", inst, "from", from, "at_ms",
+                                  (json_int_t)a_ms()));
+    log_info("sched", "app %s: uneven (%" JSON_INTEGER_FORMAT " vs %" JSON_INTEGER_FORMAT
+                      "): starting one on node %s to move one off node %s",
+             app_id, from_n, to_n, node, from);
+    a_step(res->steps, now, "rebalancing: starting one instance on node %s", node);
+    a->rebal_moved = true;
+    free(inst);
+}
+
 /* Reconcile one app: classify what runs, plan a rollout step, stop and
  * start accordingly. `list` holds the app's live assignments
  * [{"id", "node", "idx", "sig", "version", "healthy"}]. */
@@ -689,7 +821,52 @@ static void a_reconcile_app(sched_assign_t *a, const char *app_id, json_t *app, 
                         ? json_number_value(json_object_get(up, "maximumOverCapacity"))
                         : 1.0,
     };
+    /* A move in flight (a_rebalance) holds one extra instance until it is
+     * healthy; then the surplus goes from the crowded node. */
+    json_t *mv = json_object_get(a->rebal, app_id);
+    const char *mv_inst = mv ? json_str(mv, "inst") : NULL;
+    bool mv_live = false, mv_healthy = false;
+    for (size_t i = 0; mv_inst && i < n; i++) {
+        json_t *e = json_array_get(list, i);
+        if (strcmp(json_str(e, "id"), mv_inst) == 0) {
+            mv_live = ri[i].cls == ROLL_MAIN;
+            mv_healthy = ri[i].healthy;
+        }
+    }
+    json_int_t deadline_s = json_integer_value(json_object_get(spec, "progressDeadlineSeconds"));
+    if (mv && (!mv_live || held || has_canary ||
+               a_ms() - (uint64_t)json_integer_value(json_object_get(mv, "at_ms")) >
+                   (uint64_t)(deadline_s > 0 ? deadline_s : 600) * 1000)) {
+        /* the move was overtaken (a new version, a scale) or never got
+         * healthy: forget it; the surplus rules tidy up */
+        json_object_del(a->rebal, app_id);
+        mv = NULL;
+    }
+    if (mv && !mv_healthy)
+        in.want++;
     roll_plan(&in, ri, n, &res->roll);
+    if (mv && mv_healthy) {
+        /* the new one serves: take the surplus from the node it relieves */
+        const char *from = json_str(mv, "from");
+        size_t pick = n;
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(list, i);
+            if (ri[i].stop && strcmp(json_str(e, "node"), from) != 0)
+                ri[i].stop = false;
+            else if (!ri[i].stop && pick == n && ri[i].cls == ROLL_MAIN &&
+                     strcmp(json_str(e, "node"), from) == 0 && strcmp(json_str(e, "id"), mv_inst))
+                pick = i;
+        }
+        bool any = false;
+        for (size_t i = 0; i < n; i++)
+            any |= ri[i].stop;
+        if (!any && pick < n)
+            ri[pick].stop = true;
+        log_info("sched", "app %s: moved an instance off node %s (rebalance)", app_id, from);
+        a_step(res->steps, now, "rebalanced: one instance moved off node %s", from);
+        json_object_del(a->rebal, app_id);
+        res->roll.done = false;
+    }
     if (held) {
         free(ri);
         return;
@@ -758,6 +935,9 @@ static void a_reconcile_app(sched_assign_t *a, const char *app_id, json_t *app, 
         }
     }
     json_decref(placed_on);
+    if (a->rebal_due && res->roll.done && !res->unplaced && !has_canary &&
+        !json_object_get(a->rebal, app_id))
+        a_rebalance(a, pc, app_id, app, list, res, now);
 }
 
 /* ---- placement problems ---------------------------------------------------------------- */
@@ -1343,6 +1523,11 @@ static void a_reconcile(sched_assign_t *a)
             json_object_del(a->placement, id);
         }
     }
+    /* Rebalancing is looked for after a node joins, until a pass finds
+     * nothing left to move (each move is one instance per app). */
+    if (!a->rebal_moved && !json_object_size(a->rebal))
+        a->rebal_due = false;
+    a->rebal_moved = false;
     a_config_check(a);
     free(app_ids);
     json_decref(lists);
@@ -1357,7 +1542,7 @@ static void a_on_tick(uv_timer_t *t)
     sched_assign_t *a = t->data;
     if (a->stopping || !a->loaded)
         return;
-    bool pending = json_object_size(a->gone_since) > 0;
+    bool pending = json_object_size(a->gone_since) > 0 || json_object_size(a->rebal) > 0;
     const char *id;
     json_t *d;
     json_object_foreach(a->deps, id, d)
@@ -1528,6 +1713,7 @@ int sched_assign_start(uv_loop_t *loop, store_t *store, sched_assign_t **out, er
     a->progress = json_object();
     a->config_dirty = json_object();
     a->gone_since = json_object();
+    a->rebal = json_object();
     uv_timer_init(loop, &a->timer);
     a->timer.data = a;
     uv_timer_init(loop, &a->tick);
@@ -1557,6 +1743,7 @@ static void a_closed(uv_handle_t *h)
     json_decref(a->progress);
     json_decref(a->config_dirty);
     json_decref(a->gone_since);
+    json_decref(a->rebal);
     free(a);
     if (done)
         done(done_data);

@@ -298,10 +298,21 @@ def test_constraints_labels_resources_and_node_loss(tmp_path):
         p = wait_for(lambda: why("/t/hdd"), what="hdd waits")
         assert p["waiting"] == 2 and "LIKE" in p["summary"], p
 
-        # host4 comes back: the waiting instances go there
+        # host4 comes back: the waiting instances go there, and the racks
+        # app spreads over it again (one moved, surge first: never fewer
+        # than 3 running)
         agents[4] = agent(4)
         hdd = wait_for(lambda: on("/t/hdd", 2), timeout=30, what="hdd back on host4")
         assert {hosts[h] for h in hdd} == {"host4"}
+        low = []
+
+        def spread_again():
+            got = placed("/t/racks")
+            low.append(len(got))
+            ok = len(got) == 3 and {hosts[h] for h in got} == {"host2", "host3", "host4"}
+            return got if ok else None
+        wait_for(spread_again, timeout=40, what="racks app back on host4")
+        assert min(low) >= 3, low
     finally:
         for p in list(agents.values()) + procs:
             if p.poll() is None:
