@@ -125,7 +125,7 @@ FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,ad
 # the target (fuzz_http_request.c -> src/http) and the modules in
 # FUZZ_DEPS_<module> (the cli targets stub what they call instead).
 FUZZ_DEPS_agent := isolate http spec locator
-FUZZ_DEPS_gateway := locator http
+FUZZ_DEPS_gateway := locator http spec
 fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
 build/fuzz/%: fuzz/%.c $$(filter-out src/main.c,$$(wildcard src/core/*.c $$(foreach m,$$(call fuzz_mod,$$*) $$(FUZZ_DEPS_$$(call fuzz_mod,$$*)),src/$$(m)/*.c)))
