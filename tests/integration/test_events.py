@@ -76,11 +76,14 @@ def test_events_for_app_and_kv_changes(drover):
     drover.delete("/v1/kv/config/x")
     drover.delete("/v1/apps/app/production/test-server")
     all_evs = s.events(6)
-    # the create is a deployment too; its progress events come and go
+    # The create is a deployment too; its progress events, and the
+    # scheduler's placement verdicts (no agent here: app.waiting), come and
+    # go at their own pace, interleaved with the changes made above.
+    sched = ("deployment", "app.waiting", "app.placed")
     assert "deployment" in [e["event"] for e in all_evs]
-    evs = [e for e in all_evs if e["event"] != "deployment"]
+    evs = [e for e in all_evs if e["event"] not in sched]
     while len(evs) < 5:
-        evs += [e for e in s.events(1) if e["event"] != "deployment"]
+        evs += [e for e in s.events(1) if e["event"] not in sched]
     types = [e["event"] for e in evs]
     assert types == ["app.created", "version.created", "kv.put", "kv.deleted", "app.deleted"]
     import json
