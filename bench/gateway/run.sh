@@ -15,6 +15,7 @@
 #   REPEAT    rounds; each row is the median round by req/s (default 1). Rounds go
 #             through the arms in turn, so load from elsewhere on the box hits all alike.
 #   ARMS      which arms, in order (default "direct drover haproxy nginx")
+#   WORKLOADS which workloads, in order (default "keep-alive close")
 #   DROVER    the drover binary (default bin/drover, built with make when it is the default)
 #   DROVER_FLAGS  more flags for `drover gateway` (default none)
 # Installs wrk, haproxy and nginx from Debian when missing. The drover arm is
@@ -198,7 +199,7 @@ for a in "${ARMS[@]}"; do
 done
 [ ${#arms[@]} -gt 0 ] || { echo "bench: no arm could start" >&2; exit 1; }
 
-workloads=(keep-alive close)
+read -r -a workloads <<<"${WORKLOADS:-keep-alive close}"
 # wrk's arguments for one arm and workload (in the array `run`).
 wrk_for() { # ARM WORKLOAD DURATION
     run=(-t"$THREADS" -c"$CONNS" -d"$3")
@@ -258,7 +259,7 @@ done
 
 # Issue 5's targets, when drover ran: >= 1.1x HAProxy's req/s with a p99 no
 # worse, and >= 60% of the direct figure, on both workloads.
-if [ -n "${rps[drover.keep-alive]:-}" ]; then
+if [ -n "${rps[drover.${workloads[0]}]:-}" ]; then
     for w in "${workloads[@]}"; do
         line="drover $w:"
         if [ -n "${rps[direct.$w]:-}" ]; then

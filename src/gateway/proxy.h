@@ -24,8 +24,15 @@
  * response byte (the backend closed it while idle: a fresh connection to
  * the same backend is tried once).
  *
- * Tunnels (WebSocket after a 101, L4 routes): when either side ends, what
- * it sent is delivered and both sides are closed (no half-close).
+ * Tunnels (WebSocket after a 101, L4 routes) pass half-closes on: when one
+ * side ends its direction (FIN, or a TLS client's close_notify), what it
+ * sent is delivered, the end is passed to the other side, and the other
+ * direction keeps flowing until it ends too (idle limit 60 s from then on);
+ * a reset or write error closes both.
+ *
+ * A response after which the client connection closes leaves with its FIN
+ * in the same segment (MSG_MORE on the last write, then shutdown), which
+ * saves a packet and an ACK per connection-per-request client.
  *
  * Client aborts are noticed when the next read or write on the client
  * fails: a connection whose request has been read whole is not watched

@@ -544,15 +544,22 @@ void gw_client_write(gw_client_t *c, gw_wslot_t *s)
         client_tls_push(c);
         return;
     }
-    if (!c->has_tcp && !c->closing) {
-        /* no handle yet: write with a plain syscall, and take a handle only
-         * if the kernel does not take everything */
+    if (!c->closing && c->fd >= 0 && (!c->has_tcp || c->tcp.write_queue_size == 0)) {
+        /* Nothing queued: write with a plain syscall (as uv_try_write
+         * would, but with the flags below), and take a handle only if the
+         * kernel does not take everything. */
         size_t total = 0;
         for (unsigned i = 0; i < s->n; i++)
             total += s->iov[i].len;
         struct msghdr mh = {.msg_iov = (struct iovec *)s->iov, .msg_iovlen = s->n};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        /* The last write before a close: MSG_MORE holds the data back for
+         * the FIN that shutdown queues right after, so response and FIN
+         * leave as one segment (one packet, one ACK less for both hosts'
+         * stacks per connection-per-request client). */
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (s->close_after ? MSG_MORE : 0));
         if (w >= 0 && (size_t)w == total) {
+            if (s->close_after && shutdown(c->fd, SHUT_WR) == 0)
+                c->fin_sent = true;
             gw_defer_complete(c->t, s, 0);
             return;
         }
@@ -758,9 +765,36 @@ static void client_linger_close(gw_client_t *c)
     c->in_len = c->in_off = 0;
     if (!client_attach(c))
         return;
-    uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, NULL);
+    if (!c->fin_sent)
+        uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, NULL);
     gw_client_set_deadline(c, LINGER_MS, TMO_LINGER);
     gw_client_read_update(c);
+}
+
+/* A tunnel's backend ended its direction: pass that on the way this
+ * client's bytes travel (FIN on the socket, close_notify over TLS) while
+ * its own direction stays open, so it can still send and be heard. */
+void gw_client_shut_write(gw_client_t *c)
+{
+    if (c->closing || c->fin_sent)
+        return;
+    c->fin_sent = true;
+    if (c->t->detached)
+        return;
+    if (c->tls) {
+        /* close_notify ends our direction; reading goes on (OpenSSL reads
+         * after its own close_notify until the peer's) */
+        c->tls_shut = true;
+        gw_tls_shutdown(c->tls);
+        client_tls_flush(c);
+        return;
+    }
+    if (c->has_tcp) {
+        if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, NULL) < 0)
+            gw_client_close(c);
+    } else if (c->fd >= 0 && shutdown(c->fd, SHUT_WR) < 0) {
+        gw_client_close(c);
+    }
 }
 
 /* Arm the one timer of the connection lazily: moving a deadline later costs
@@ -1643,7 +1677,10 @@ void gw_client_up_write_done(gw_client_t *c, int status)
     if (c->closing)
         return;
     if (status < 0) {
-        if (c->up)
+        /* a tunnel's bytes may have reached the backend: never retried */
+        if (c->state == CS_TUNNEL)
+            gw_client_close(c);
+        else if (c->up)
             client_up_failed(c, c->up, status, false);
         return;
     }
@@ -2048,6 +2085,9 @@ void gw_client_up_bytes(gw_client_t *c, gw_upstream_t *u)
         return;
     }
     if (s->n) {
+        /* the response's last bytes on a connection closing after it */
+        if (u->resp_done && c->resp_close)
+            s->close_after = true;
         gw_client_write(c, s);
     } else {
         s->src_u = NULL;
@@ -2193,8 +2233,21 @@ gw_client_t *gw_client_new(gw_thread_t *t)
 static void addr_text(const struct sockaddr_storage *ss, char *out, size_t cap, int *port)
 {
     if (ss->ss_family == AF_INET) {
+        /* by hand: uv_ip4_name formats with snprintf, a visible cost
+         * when every request is a new connection */
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, out, cap);
+        const unsigned char *q = (const unsigned char *)&a->sin_addr.s_addr;
+        char tmp[16];
+        size_t n = 0;
+        for (int i = 0; i < 4; i++) {
+            if (i)
+                tmp[n++] = '.';
+            n += fmt_u64(tmp + n, q[i], 10);
+        }
+        if (n < cap) {
+            memcpy(out, tmp, n);
+            out[n] = '\0';
+        }
         if (port)
             *port = ntohs(a->sin_port);
     } else if (ss->ss_family == AF_INET6) {

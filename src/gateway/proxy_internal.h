@@ -37,6 +37,7 @@
 #define GW_REQID_MAX     64
 #define GW_ADDR_MAX      64
 #define GW_TUNNEL_MS     (3600u * 1000) /* idle limit of a tunnel (WebSocket, L4) */
+#define GW_TUNNEL_FIN_MS (60u * 1000)   /* idle limit once one direction has ended */
 #define GW_LAT_BUCKETS   14
 #define GW_SPARE_CLIENTS 256
 #define GW_TLS_SCRATCH   (64u * 1024) /* per-thread ciphertext read buffer */
@@ -191,6 +192,7 @@ struct gw_upstream {
     bool interim;         /* current message is a 1xx */
     bool release_pending; /* response done; return to pool once unlocked */
     bool eof;
+    bool wr_shut; /* tunnel: our FIN sent (the client ended its direction) */
     bool handle_closed;
     bool reset;      /* the read side ended with an error, not EOF */
     int connect_err; /* uv_tcp_connect failed at once (reported via the client timer) */
@@ -202,6 +204,7 @@ struct gw_upstream {
     uint32_t cur_field; /* header being parsed: index in hs */
     int cb_state;
     gw_upstream_t *pnext;
+    uv_shutdown_t shut;
     gw_wslot_t slot;
 };
 
@@ -215,6 +218,9 @@ struct gw_client {
     int open_handles;
     gw_cstate_t state;
     bool closing, reading, peer_eof, lingering, linger_pending, logged;
+    /* our side is shut down: FIN behind the last response, or a tunnel's
+     * backend ended its direction */
+    bool fin_sent;
     unsigned wpending; /* writes to the client not completed */
     uv_shutdown_t shut;
     int peer_port;
@@ -353,6 +359,9 @@ void gw_client_set_deadline(gw_client_t *c, uint64_t ms, int kind);
 void gw_client_respond(gw_client_t *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void gw_client_end_request(gw_client_t *c);
+/* End the bytes to the client (FIN, or close_notify over TLS) and keep
+ * reading from it: a tunnel whose backend ended its direction. */
+void gw_client_shut_write(gw_client_t *c);
 
 /* ---- upstream.c ---- */
 /* A connection to b for c: a pooled idle one (*reused true) or a new one
@@ -364,6 +373,9 @@ void gw_up_read_update(gw_upstream_t *u);
 /* c is done with u: keep it in the pool when reusable, else close it. */
 void gw_up_release(gw_upstream_t *u, bool reusable);
 void gw_up_close(gw_upstream_t *u);
+/* Send FIN to the backend once queued writes are out, and keep reading
+ * (a tunnel whose client ended its direction). */
+void gw_up_shut_write(gw_upstream_t *u);
 void gw_up_unlock(gw_upstream_t *u);
 void gw_up_begin_response(gw_upstream_t *u, bool head_request);
 void gw_pool_sweep(gw_thread_t *t, const gw_snapshot_t *s);

@@ -3,23 +3,57 @@
  *
  * Bytes are written out of the reading side's buffer without copying; a
  * side is not read further once its buffer is full and the other side is
- * still writing the previous bytes (same locking as the HTTP path). When
- * either side ends, what it sent is delivered and then both are closed:
- * tunnelled protocols here (WebSocket, the TCP services of internal mode)
- * end sessions as a whole, so no half-closed state is kept. */
+ * still writing the previous bytes (same locking as the HTTP path).
+ *
+ * Each direction ends on its own (half-close): when one side sends its FIN,
+ * what it sent is delivered, the FIN is passed on (shutdown of our write
+ * side towards the other; close_notify to a TLS client), and the other
+ * direction keeps flowing until its side ends too; then both are closed.
+ * A protocol that says "that is all" with a FIN and then waits for the
+ * answer (a client of `nc -N`, some database and RPC clients) works
+ * through the tunnel. A reset or a write error on either side closes both.
+ * Once one direction has ended, the tunnel's idle limit is
+ * GW_TUNNEL_FIN_MS instead of GW_TUNNEL_MS, so a peer that never ends its
+ * side does not hold the tunnel for an hour. */
 #include "gateway/proxy_internal.h"
 
 #include "core/log.h"
 
 #include <string.h>
 
+/* Idle limit now: shorter once a direction has ended. */
+static uint64_t tunnel_idle_ms(const gw_client_t *c)
+{
+    return c->fin_sent || (c->up && c->up->wr_shut) ? GW_TUNNEL_FIN_MS : GW_TUNNEL_MS;
+}
+
+/* Pass on the end of a direction once everything before it is delivered,
+ * and close when both have ended. Called whenever a side's bytes have all
+ * been written to the other or a side reached EOF. */
 static void tunnel_check_done(gw_client_t *c)
 {
     gw_upstream_t *u = c->up;
-    bool client_flushed = c->in_off == c->in_len && (!u || !u->slot.busy);
-    bool up_flushed = !u || (u->in_off == u->in_len && !c->slot.busy);
-    if ((c->peer_eof && client_flushed) || (u && u->eof && up_flushed) || !u)
+    if (!u) {
         gw_client_close(c);
+        return;
+    }
+    bool client_flushed = c->in_off == c->in_len && !u->slot.busy && u->pp_len == 0;
+    bool up_flushed = u->in_off == u->in_len && !c->slot.busy;
+    bool client_done = c->peer_eof && client_flushed; /* client -> backend ended */
+    bool up_done = u->eof && up_flushed;              /* backend -> client ended */
+    if (client_done && up_done) {
+        gw_client_close(c);
+        return;
+    }
+    if (client_done && !u->wr_shut && u->connected) {
+        gw_up_shut_write(u);
+        gw_client_set_deadline(c, GW_TUNNEL_FIN_MS, TMO_TUNNEL);
+    }
+    if (up_done && !c->fin_sent) {
+        gw_client_shut_write(c);
+        if (!c->closing)
+            gw_client_set_deadline(c, GW_TUNNEL_FIN_MS, TMO_TUNNEL);
+    }
 }
 
 /* Client -> backend. */
@@ -55,7 +89,7 @@ void gw_tunnel_client_bytes(gw_client_t *c)
         gw_slot_add(s, c->in + c->in_off, avail);
     }
     c->in_off = c->in_len;
-    gw_client_set_deadline(c, GW_TUNNEL_MS, TMO_TUNNEL);
+    gw_client_set_deadline(c, tunnel_idle_ms(c), TMO_TUNNEL);
     gw_up_write(u, s);
 }
 
@@ -81,10 +115,12 @@ void gw_tunnel_up_bytes(gw_client_t *c, gw_upstream_t *u)
     s->src_u = u;
     gw_slot_add(s, u->in + u->in_off, avail);
     u->in_off = u->in_len;
-    gw_client_set_deadline(c, GW_TUNNEL_MS, TMO_TUNNEL);
+    gw_client_set_deadline(c, tunnel_idle_ms(c), TMO_TUNNEL);
     gw_client_write(c, s);
 }
 
+/* One side sent its FIN (or failed): deliver what it sent, then pass the
+ * end on (tunnel_check_done). */
 void gw_tunnel_eof(gw_client_t *c, bool from_client)
 {
     if (c->up && c->up->reset) {

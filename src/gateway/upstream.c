@@ -121,6 +121,20 @@ void gw_up_close(gw_upstream_t *u)
     uv_close((uv_handle_t *)&u->tcp, up_on_close);
 }
 
+/* A tunnel's client ended its direction: the backend must see that end
+ * (it may be what makes it answer or finish) while we keep reading it. */
+void gw_up_shut_write(gw_upstream_t *u)
+{
+    if (u->closed || u->wr_shut || !u->connected)
+        return;
+    u->wr_shut = true;
+    if (u->t->detached)
+        return;
+    /* queued after pending writes; a failure shows on the next read or
+     * write, so it needs no callback */
+    (void)uv_shutdown(&u->shut, (uv_stream_t *)&u->tcp, NULL);
+}
+
 static void up_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
     gw_upstream_t *u = h->data;

@@ -43,6 +43,10 @@ typedef struct backend {
     atomic_bool stop;
     atomic_int live; /* connection threads running */
     bool raw_echo;   /* L4 backend: echo bytes upper-cased, no HTTP */
+    bool raw_half;   /* L4 backend: answer the first bytes upper-cased, end its
+                        direction (FIN), then collect what still comes in `tail` */
+    char tail[64];
+    atomic_int tail_len; /* -1 until the peer's FIN ended the collection */
 } backend_t;
 
 typedef struct bconn {
@@ -174,6 +178,21 @@ static void *bconn_main(void *arg)
     char *buf = malloc(1 << 16);
     size_t have = 0;
     bool drop_next = false;
+    if (b->raw_half) {
+        ssize_t n = recv(fd, buf, 4096, 0);
+        if (n > 0) {
+            for (ssize_t i = 0; i < n; i++)
+                if (buf[i] >= 'a' && buf[i] <= 'z')
+                    buf[i] = (char)(buf[i] - 32);
+            write_all(fd, buf, (size_t)n);
+            shutdown(fd, SHUT_WR);
+            size_t got = 0;
+            while ((n = recv(fd, b->tail + got, sizeof(b->tail) - 1 - got, 0)) > 0)
+                got += (size_t)n;
+            atomic_store(&b->tail_len, n == 0 ? (int)got : -2);
+        }
+        goto done;
+    }
     if (b->raw_echo) {
         for (;;) {
             ssize_t n = recv(fd, buf, 4096, 0);
@@ -336,6 +355,7 @@ static backend_t *backend_start_raw(const char *name, bool raw)
 {
     backend_t *b = calloc(1, sizeof(*b));
     b->raw_echo = raw;
+    atomic_store(&b->tail_len, -1);
     snprintf(b->name, sizeof(b->name), "%s", name);
     b->fd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
@@ -843,9 +863,92 @@ static void test_upgrade_tunnel(void **state)
         }
         assert_memory_equal(e, "PING", 4);
     }
+    /* the client ends its direction right after its last bytes: their
+     * echo still comes back (half-close passed on), then the close */
+    assert_true(write_all(fd, "last", 4));
     shutdown(fd, SHUT_WR);
-    assert_true(peer_closed(fd, 2000));
+    char got[16];
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof(got) && (k = recv(fd, got + n, sizeof(got) - n, 0)) > 0)
+        n += (size_t)k;
+    assert_int_equal(n, 4);
+    assert_memory_equal(got, "LAST", 4);
+    assert_int_equal(recv(fd, got, 1, 0), 0);
     close(fd);
+}
+
+/* True when the peer's FIN is already here: recv returns 0 without waiting
+ * (EAGAIN: not yet; an error such as ECONNRESET: a reset, not a close). */
+static bool fin_here(int fd)
+{
+    char ch;
+    return recv(fd, &ch, 1, MSG_DONTWAIT) == 0;
+}
+
+/* A client that asks for a close per request: the last response bytes and
+ * the FIN travel together (the FIN is readable as soon as the response is),
+ * for the backend's answers and the proxy's own; bytes the client sent
+ * after its closing request still get an orderly close, not a reset; and
+ * the backend connection goes back to the pool each time. */
+static void test_close_per_request(void **state)
+{
+    fx_t *f = *state;
+    resp_t r = {0};
+    int before = atomic_load(&f->c->accepts);
+    static const char *const reqs[] = {
+        "GET /c HTTP/1.1\r\nHost: x.wild.test\r\nConnection: close\r\n\r\n",
+        "GET /c HTTP/1.0\r\nHost: x.wild.test\r\n\r\n",
+        "GET /chunked HTTP/1.1\r\nHost: x.wild.test\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: nope.test\r\nConnection: close\r\n\r\n",
+    };
+    static const int want[] = {200, 200, 200, 404};
+    for (int i = 0; i < 40; i++) {
+        size_t k = (size_t)i % 4;
+        int fd = cli_connect(f->port);
+        assert_true(write_all(fd, reqs[k], strlen(reqs[k])));
+        assert_true(read_resp(fd, &r, false, NULL, NULL));
+        assert_int_equal(r.status, want[k]);
+        if (k != 1)
+            assert_true(head_has(&r, "Connection: close"));
+        if (k == 2)
+            assert_true(body_has(&r, "hello world"));
+        if (!fin_here(fd))
+            fail_msg("request %d (case %zu): response read, FIN not there with it", i, k);
+        close(fd);
+    }
+    /* every proxied request above reused a pooled backend connection: at
+     * most one per proxy thread was opened */
+    assert_true(atomic_load(&f->c->accepts) - before <= 2);
+    /* a client the proxy watches with a handle (its head came in two
+     * pieces; one keep-alive request first): the same */
+    int kc = cli_connect(f->port);
+    const char *ka = "GET /k HTTP/1.1\r\nHost: x.wild.test\r\n\r\n";
+    assert_true(write_all(kc, ka, strlen(ka)));
+    assert_true(read_resp(kc, &r, false, NULL, NULL));
+    assert_int_equal(r.status, 200);
+    const char *part = "GET /c HTTP/1.1\r\nHost: x.wild";
+    assert_true(write_all(kc, part, strlen(part)));
+    msleep(30);
+    const char *rest = ".test\r\nConnection: close\r\n\r\n";
+    assert_true(write_all(kc, rest, strlen(rest)));
+    assert_true(read_resp(kc, &r, false, NULL, NULL));
+    assert_int_equal(r.status, 200);
+    assert_true(head_has(&r, "Connection: close"));
+    assert_true(fin_here(kc));
+    close(kc);
+    /* more bytes after the closing request: answered, then a clean close */
+    int fd = cli_connect(f->port);
+    const char *two = "GET /c HTTP/1.1\r\nHost: x.wild.test\r\nConnection: close\r\n\r\n"
+                      "GET /ignored HTTP/1.1\r\nHost: x.wild.test\r\n\r\n";
+    assert_true(write_all(fd, two, strlen(two)));
+    assert_true(read_resp(fd, &r, false, NULL, NULL));
+    assert_int_equal(r.status, 200);
+    struct pollfd pfd = {fd, POLLIN, 0};
+    assert_int_equal(poll(&pfd, 1, 2000), 1);
+    assert_true(fin_here(fd));
+    close(fd);
+    buf_free(&r.body);
 }
 
 /* Each smuggling or malformed request is answered 400 and the connection
@@ -1384,6 +1487,93 @@ static void test_internal_tcp_proxyproto_log(void **state)
     buf_free(&r.body);
 }
 
+/* Read until EOF (recv 0); false on an error or a timeout first. */
+static bool read_to_eof(int fd, char *out, size_t cap, size_t *n)
+{
+    *n = 0;
+    for (;;) {
+        ssize_t k = recv(fd, out + *n, cap - *n, 0);
+        if (k == 0)
+            return true;
+        if (k < 0 || (*n += (size_t)k) == cap)
+            return false;
+    }
+}
+
+static bool metric_is(gw_proxy_t *p, const char *line)
+{
+    buf_t m = BUF_INIT(0);
+    gw_proxy_metrics(p, &m);
+    bool ok = m.data && strstr(m.data, line) != NULL;
+    buf_free(&m);
+    return ok;
+}
+
+/* L4 tunnels pass half-closes on, both ways: a client that ends its
+ * direction still gets the answer to what it sent; a backend that ends its
+ * direction first still gets what the client sends after; the tunnel goes
+ * away once both directions ended. */
+static void test_tcp_half_close(void **state)
+{
+    (void)state;
+    backend_t *echo = backend_start_raw("E", true);
+    backend_t *half = backend_start_raw("H", false);
+    half->raw_half = true;
+    int p_echo = free_port(), p_half = free_port();
+    gw_builder_t *bl = gw_builder_new(NULL);
+    add_pool(bl, "/e", &echo->port, 1);
+    add_pool(bl, "/h", &half->port, 1);
+    gw_route_in_t re = {.kind = GW_ROUTE_TCP, .app = "/e", .internal = p_echo, .target = "/e"};
+    gw_route_in_t rh = {.kind = GW_ROUTE_TCP, .app = "/h", .internal = p_half, .target = "/h"};
+    assert_int_equal(gw_builder_route(bl, &re, NULL), 0);
+    assert_int_equal(gw_builder_route(bl, &rh, NULL), 0);
+    gw_snapshot_t *s = gw_builder_finish(bl, 1);
+    gw_proxy_opts_t o = {.threads = 2, .internal = true, .internal_host = "127.0.0.1"};
+    gw_proxy_t *p;
+    assert_int_equal(gw_proxy_start(&o, &p, NULL), 0);
+    gw_proxy_set_snapshot(p, s);
+    wait_listening(p_echo);
+    wait_listening(p_half);
+    char got[64];
+    size_t n;
+    /* client FIN first: "hello" then FIN at once; the echo still arrives */
+    for (int i = 0; i < 5; i++) {
+        int fd = cli_connect(p_echo);
+        assert_true(write_all(fd, "hello", 5));
+        shutdown(fd, SHUT_WR);
+        assert_true(read_to_eof(fd, got, sizeof(got), &n));
+        assert_int_equal(n, 5);
+        assert_memory_equal(got, "HELLO", 5);
+        close(fd);
+    }
+    /* backend FIN first: the client sees its answer and EOF, then can still
+     * send; the backend gets those bytes and the client's FIN */
+    int fd = cli_connect(p_half);
+    assert_true(write_all(fd, "hi", 2));
+    assert_true(read_to_eof(fd, got, sizeof(got), &n));
+    assert_int_equal(n, 2);
+    assert_memory_equal(got, "HI", 2);
+    assert_true(write_all(fd, "late", 4));
+    shutdown(fd, SHUT_WR);
+    for (int i = 0; i < 200 && atomic_load(&half->tail_len) == -1; i++)
+        msleep(10);
+    assert_int_equal(atomic_load(&half->tail_len), 4);
+    assert_memory_equal(half->tail, "late", 4);
+    /* both directions ended: the proxy let go of the connection */
+    bool gone = false;
+    for (int i = 0; i < 200 && !gone; i++) {
+        gone = metric_is(p, "drover_gateway_connections_active 0\n");
+        if (!gone)
+            msleep(10);
+    }
+    assert_true(gone);
+    close(fd);
+    gw_proxy_free(p);
+    gw_snapshot_unref(s);
+    backend_stop(echo);
+    backend_stop(half);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1396,6 +1586,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chunked_both_ways, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expect_continue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_tunnel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_per_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_smuggling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_retry, setup, teardown),
@@ -1406,6 +1597,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_aborts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reused_connection_retry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_internal_tcp_proxyproto_log, setup, teardown),
+        cmocka_unit_test(test_tcp_half_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -58,6 +58,8 @@ typedef struct backend {
     pthread_t thr;
     atomic_bool stop;
     atomic_int live;
+    char tail[64];       /* GET /ws-half: what came after the backend's FIN */
+    atomic_int tail_len; /* -1 until the client's FIN ended it */
 } backend_t;
 
 typedef struct bconn {
@@ -171,6 +173,22 @@ static void *bconn_main(void *arg)
             pos = hl + (size_t)cl;
         }
         buf_consume(&in, pos);
+        if (strcmp(path, "/ws-half") == 0) {
+            /* a tunnel whose backend ends its direction first: answer,
+             * FIN, then collect what the client still sends until its FIN */
+            static const char r101[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+                                       "Connection: Upgrade\r\n\r\nBYE";
+            if (!send_all(fd, r101, sizeof r101 - 1))
+                goto done;
+            shutdown(fd, SHUT_WR);
+            size_t got = in.len < sizeof b->tail ? in.len : sizeof b->tail - 1;
+            memcpy(b->tail, in.data, got);
+            ssize_t n;
+            while ((n = recv(fd, b->tail + got, sizeof b->tail - 1 - got, 0)) > 0)
+                got += (size_t)n;
+            atomic_store(&b->tail_len, n == 0 ? (int)got : -2);
+            goto done;
+        }
         if (strcmp(path, "/big") == 0) {
             if (!big) {
                 big = malloc(BIG_LEN);
@@ -227,6 +245,7 @@ static void *backend_main(void *arg)
 static backend_t *backend_start(const char *name)
 {
     backend_t *b = calloc(1, sizeof *b);
+    atomic_store(&b->tail_len, -1);
     snprintf(b->name, sizeof b->name, "%s", name);
     b->fd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
@@ -725,6 +744,53 @@ static void test_concurrent(void **state)
     buf_free(&m);
 }
 
+/* A WebSocket-style tunnel whose backend ends its direction first, over
+ * TLS and plain HTTP: the client gets the backend's last bytes, then the
+ * end (close_notify over TLS, FIN otherwise), can still send, and the
+ * backend receives that and the client's own end. */
+static void test_tunnel_half_close(void **state)
+{
+    fx_t *f = *state;
+    static const char up[] =
+        "GET /ws-half HTTP/1.1\r\nHost: a.test\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n";
+    for (int tls = 1; tls >= 0; tls--) {
+        atomic_store(&f->a->tail_len, -1);
+        tcl_t c;
+        if (tls)
+            tls_open(&c, f->https_port, "a.test");
+        else
+            plain_open(&c, f->http_port);
+        assert_true(tcl_send(&c, up, sizeof up - 1));
+        char *e;
+        while (!(e = c.in.len >= 4 ? memmem(c.in.data, c.in.len, "\r\n\r\n", 4) : NULL) ||
+               c.in.len < (size_t)(e + 4 - c.in.data) + 3)
+            assert_true(tcl_more(&c));
+        assert_memory_equal(c.in.data, "HTTP/1.1 101", 12);
+        assert_memory_equal(e + 4, "BYE", 3);
+        assert_int_equal(c.in.len, (size_t)(e + 4 - c.in.data) + 3);
+        /* the backend's end arrives as the end of the stream */
+        char tmp[64];
+        if (tls) {
+            int r = SSL_read(c.ssl, tmp, sizeof tmp);
+            assert_int_equal(r, 0);
+            assert_int_equal(SSL_get_error(c.ssl, r), SSL_ERROR_ZERO_RETURN);
+        } else {
+            assert_int_equal(recv(c.fd, tmp, sizeof tmp, 0), 0);
+        }
+        /* the other direction still flows */
+        assert_true(tcl_send(&c, "late", 4));
+        if (tls)
+            SSL_shutdown(c.ssl);
+        else
+            shutdown(c.fd, SHUT_WR);
+        for (int i = 0; i < 200 && atomic_load(&f->a->tail_len) == -1; i++)
+            msleep(10);
+        assert_int_equal(atomic_load(&f->a->tail_len), 4);
+        assert_memory_equal(f->a->tail, "late", 4);
+        tcl_close(&c);
+    }
+}
+
 int main(void)
 {
     log_setup(LOG_WARN, LOG_TEXT);
@@ -735,6 +801,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_garbage_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tunnel_half_close, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
