@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <ifaddrs.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <net/if.h>
 #include <openssl/rand.h>
@@ -30,6 +31,12 @@
 #define AGENT_WATCH_WAIT       "30s"
 #define AGENT_WATCH_TIMEOUT_MS 40000
 #define AGENT_RETRY_MS         1000
+/* Launching one instance takes a few syscalls (directories, cgroups, a
+ * spawn); a turn of the loop launches for at most this long, so reports,
+ * exits and health checks go on while a thousand instances start. */
+#define AGENT_LAUNCH_SLICE_NS (8u * 1000 * 1000)
+/* Least time between two publishes of the table while instances change. */
+#define AGENT_PUBLISH_GAP_MS 50
 
 static void agent_register(agent_t *a);
 static void agent_watch(agent_t *a);
@@ -123,35 +130,56 @@ typedef struct publish_scan {
     const char *prefix; /* "/a/b@" or "/a/b#" */
     size_t len;
     char **names;
-    size_t n;
+    size_t n, cap;
 } publish_scan_t;
+
+static void publish_scan_add(publish_scan_t *ps, char *name)
+{
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? ps->cap * 2 : 8;
+        ps->names = xrealloc(ps->names, ps->cap * sizeof(char *));
+    }
+    ps->names[ps->n++] = name;
+}
 
 static int agent_publish_collect(const loc_entry_t *e, void *data)
 {
     publish_scan_t *ps = data;
-    if (strncmp(e->name, ps->prefix, ps->len) == 0) {
-        ps->names = xrealloc(ps->names, (ps->n + 1) * sizeof(char *));
-        ps->names[ps->n++] = xstrdup(e->name);
-    }
+    if (strncmp(e->name, ps->prefix, ps->len) == 0)
+        publish_scan_add(ps, xstrdup(e->name));
     return 0;
 }
 
-static void publish_scan_add(publish_scan_t *ps, char *name)
+static int publish_name_cmp(const void *x, const void *y)
 {
-    ps->names = xrealloc(ps->names, (ps->n + 1) * sizeof(char *));
-    ps->names[ps->n++] = name;
+    return strcmp(*(char *const *)x, *(char *const *)y);
 }
 
 /* Names app<sep>N: the ones already published (so one that went away is
- * removed) and the ones wanted now; each is republished by fn. */
+ * removed) and the ones wanted now; each is republished. An app's
+ * instances share a handful of versions, so the wanted names come from
+ * its distinct versions (one spec_routes per version, not per instance):
+ * the cost stays linear in the instances however many there are. */
 static void agent_publish_suffixed(agent_t *a, const char *app, char sep, const char *api)
 {
     char *prefix = xasprintf("%s%c", app, sep);
     publish_scan_t ps = {.prefix = prefix, .len = strlen(prefix)};
     loc_table_foreach(a->table, agent_publish_collect, &ps);
+    int64_t *seen = NULL;
+    size_t nseen = 0, capseen = 0;
     for (inst_t *in = a->insts; in; in = in->next) {
         if (strcmp(in->app, app) != 0)
             continue;
+        bool dup = false;
+        for (size_t k = 0; k < nseen && !dup; k++)
+            dup = seen[k] == in->version;
+        if (dup)
+            continue;
+        if (nseen == capseen) {
+            capseen = capseen ? capseen * 2 : 4;
+            seen = xrealloc(seen, capseen * sizeof(*seen));
+        }
+        seen[nseen++] = in->version;
         if (sep == '@') {
             publish_scan_add(&ps, xasprintf("%s%" PRId64, prefix, in->version));
             continue;
@@ -168,12 +196,14 @@ static void agent_publish_suffixed(agent_t *a, const char *app, char sep, const 
         }
         json_decref(routes);
     }
+    free(seen);
+    if (ps.n)
+        qsort(ps.names, ps.n, sizeof(char *), publish_name_cmp);
     for (size_t i = 0; i < ps.n; i++) {
         int64_t v = 0;
-        bool dup = false;
-        for (size_t k = 0; k < i && !dup; k++)
-            dup = strcmp(ps.names[k], ps.names[i]) == 0;
-        if (!dup && str_to_i64(ps.names[i] + ps.len, 1, INT64_MAX, &v) == 0) {
+        if (i && strcmp(ps.names[i - 1], ps.names[i]) == 0)
+            continue;
+        if (str_to_i64(ps.names[i] + ps.len, 1, INT64_MAX, &v) == 0) {
             publish_name_t pn = {.name = ps.names[i], .app = app, .api = api};
             if (sep == '@')
                 pn.only_version = v;
@@ -190,10 +220,8 @@ static void agent_publish_suffixed(agent_t *a, const char *app, char sep, const 
     free(prefix);
 }
 
-void agent_publish(agent_t *a, const char *app)
+static void agent_publish_now(agent_t *a, const char *app)
 {
-    if (!app || !*app || !a->table)
-        return;
     const char *api = "service";
     for (inst_t *in = a->insts; in; in = in->next)
         if (strcmp(in->app, app) == 0 && json_str(in->spec, "kind"))
@@ -202,6 +230,48 @@ void agent_publish(agent_t *a, const char *app)
     agent_publish_name(a, &pn);
     agent_publish_suffixed(a, app, '@', api);
     agent_publish_suffixed(a, app, '#', api);
+}
+
+static void agent_publish_fire(uv_timer_t *t)
+{
+    agent_publish_flush(t->data);
+}
+
+/* Every change of an instance used to republish its app at once: with a
+ * thousand instances starting, that was a thousand full rebuilds of an
+ * entry growing to a thousand endpoints, each streamed to every
+ * subscriber. Now a change marks the app, and the marked apps are
+ * published together: at once when nothing was published for
+ * AGENT_PUBLISH_GAP_MS, else when that gap has passed. */
+void agent_publish(agent_t *a, const char *app)
+{
+    if (!app || !*app || !a->table || !a->publish_dirty || a->stopping)
+        return;
+    json_object_set_new(a->publish_dirty, app, json_true());
+    if (uv_is_active((uv_handle_t *)&a->publish_timer))
+        return;
+    uint64_t now = uv_now(a->loop), due = a->published_at + AGENT_PUBLISH_GAP_MS;
+    uv_timer_start(&a->publish_timer, agent_publish_fire, due > now ? due - now : 0, 0);
+}
+
+void agent_publish_flush(agent_t *a)
+{
+    if (a->stopping)
+        return;
+    uv_timer_stop(&a->publish_timer);
+    if (!a->publish_dirty || !json_object_size(a->publish_dirty))
+        return;
+    a->published_at = uv_now(a->loop);
+    json_t *dirty = a->publish_dirty;
+    a->publish_dirty = json_object();
+    const char *app;
+    json_t *v;
+    json_object_foreach(dirty, app, v)
+    {
+        agent_publish_now(a, app);
+    }
+    json_decref(dirty);
+    agent_flush_soon(a); /* reports held back for this publish */
 }
 
 /* The agent's own services are names like any app's, so a client finds
@@ -313,8 +383,8 @@ static json_t *agent_node_record(agent_t *a)
     return json_pack("{s:s, s:s, s:s, s:s, s:O, s:f, s:I, s:[i,i], s:s, s:[s], s:s}", "id",
                      a->node_id, "hostname", a->hostname, "address", a->advertise, "agent_url",
                      a->agent_url, "labels", a->labels, "cpus", cpus, "mem_mb",
-                     (json_int_t)a->mem_total_mb, "ports", a->ports.lo, a->ports.hi, "version", AGENT_VERSION,
-                     "isolates", a->isolate->name, "locator", a->locator_addr);
+                     (json_int_t)a->mem_total_mb, "ports", a->ports.lo, a->ports.hi, "version",
+                     AGENT_VERSION, "isolates", a->isolate->name, "locator", a->locator_addr);
 }
 
 static void agent_retry_fire(uv_timer_t *t)
@@ -391,6 +461,42 @@ static void agent_heartbeat_tick(uv_timer_t *t)
             inst_report(in);
 }
 
+/* ---- per-turn work ---- */
+
+static void agent_flush_fire(uv_timer_t *t)
+{
+    agent_t *a = t->data;
+    if (a->stopping)
+        return;
+    a->flushing = true;
+    uint64_t t0 = uv_hrtime();
+    inst_t *in;
+    while (uv_hrtime() - t0 < AGENT_LAUNCH_SLICE_NS && (in = inst_queue_pop(&a->launches)))
+        if (!in->stopping && !in->removing)
+            inst_launch(in);
+    /* Instances stopped this turn: their removal from the table is
+     * published once, then each waits for the routers to confirm it. */
+    if (a->drains.head) {
+        agent_publish_flush(a);
+        while ((in = inst_queue_pop(&a->drains)))
+            if (in->proc && in->stopping && !in->removing)
+                inst_drain(in);
+    }
+    inst_reports_pump(a);
+    a->flushing = false;
+    /* More launches: after the loop has polled (1 ms, not 0, which would
+     * run again in this same pass over the timers). */
+    if (a->launches.head)
+        uv_timer_start(&a->flush, agent_flush_fire, 1, 0);
+}
+
+void agent_flush_soon(agent_t *a)
+{
+    if (a->stopping || a->flushing || uv_is_active((uv_handle_t *)&a->flush))
+        return;
+    uv_timer_start(&a->flush, agent_flush_fire, 0, 0);
+}
+
 /* ---- convergence ---- */
 
 static inst_t *agent_find(agent_t *a, const char *id)
@@ -425,8 +531,10 @@ static void agent_converge(agent_t *a, const json_t *assigned)
             continue;
         }
         in = inst_new(a, id, app, json_integer_value(json_object_get(as, "version")), spec);
-        inst_launch(in);
+        inst_queue_push(&a->launches, in);
     }
+    if (a->launches.head)
+        agent_flush_soon(a);
     for (inst_t *in = a->insts, *next; in; in = next) {
         next = in->next;
         if (!in->wanted && !in->stopping && !in->removing)
@@ -605,10 +713,26 @@ static void agent_removed(agent_t *a, int status, const err_t *err, int http_sta
 {
     inst_t *in = data;
     in->report_busy = false;
+    a->reports_in_flight--;
+    if (status || http_status >= 500)
+        log_debug("agent", "deleting the record of %s failed: %s", in->id,
+                  status ? err_str(err, status) : "server error");
     if (!a->stopping)
         agent_rm_dir(a, in->dir);
     inst_free(in);
     agent_drain_check(a);
+    agent_flush_soon(a); /* a slot is free */
+}
+
+/* The DELETE of a removed instance, sent by inst_reports_pump once its last
+ * report is through (so the two requests cannot overtake each other). */
+void agent_inst_delete(agent_t *a, inst_t *in)
+{
+    in->report_busy = true;
+    a->reports_in_flight++;
+    char *path = xasprintf("/v1/instances/%s", in->id);
+    remote_call(a, "DELETE", path, NULL, 10000, agent_removed, in);
+    free(path);
 }
 
 /* An instance stopped for good: unlink it, delete its record once its last
@@ -627,11 +751,13 @@ void agent_inst_remove(agent_t *a, inst_t *in)
         in->next = NULL;
     }
     if (in->report_busy)
-        return; /* inst_report_done calls us again */
-    in->report_busy = true;
-    char *path = xasprintf("/v1/instances/%s", in->id);
-    remote_call(a, "DELETE", path, NULL, 10000, agent_removed, in);
-    free(path);
+        return; /* inst_report_done queues it again */
+    if (a->stopping) {
+        inst_free(in); /* no more calls: its record stays for the next agent */
+        return;
+    }
+    inst_queue_push(&a->reports, in);
+    agent_flush_soon(a);
 }
 
 /* ---- start and stop ---- */
@@ -687,6 +813,10 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     a->labels = json_object();
     a->isolate = &isolate_process_ops;
     a->table = loc_table_new();
+    a->publish_dirty = json_object();
+    inst_queue_init(&a->reports, offsetof(inst_t, report_link));
+    inst_queue_init(&a->launches, offsetof(inst_t, launch_link));
+    inst_queue_init(&a->drains, offsetof(inst_t, drain_link));
     int lo = 20000, hi = 32000, rc;
     char *dir = NULL;
     if ((rc = agent_mkdir(opts->data_dir, err)))
@@ -754,12 +884,18 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
         }
     }
 
+    if ((rc = remote_init(a, err)))
+        goto fail;
     uv_timer_init(loop, &a->heartbeat);
     uv_timer_init(loop, &a->retry);
     a->heartbeat.data = a->retry.data = a;
     uv_timer_start(&a->heartbeat, agent_heartbeat_tick, AGENT_HEARTBEAT_MS, AGENT_HEARTBEAT_MS);
     uv_timer_init(loop, &a->groups_retry);
     a->groups_retry.data = a;
+    uv_timer_init(loop, &a->flush);
+    a->flush.data = a;
+    uv_timer_init(loop, &a->publish_timer);
+    a->publish_timer.data = a;
     a->groups_known = json_object();
     agent_groups_watch(a);
     agent_adopt_all(a);
@@ -771,6 +907,7 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     return 0;
 fail:
     json_decref(a->labels);
+    json_decref(a->publish_dirty);
     ports_free(&a->ports);
     loc_table_free(a->table);
     free(a->node_id);
@@ -816,6 +953,7 @@ void agent_maybe_done(agent_t *a)
     void *data = a->stop_data;
     json_decref(a->labels);
     json_decref(a->groups_known);
+    json_decref(a->publish_dirty);
     ports_free(&a->ports);
     loc_table_free(a->table);
     free(a->node_id);
@@ -840,7 +978,13 @@ static void agent_stop_now(agent_t *a)
         a->insts = next;
         inst_detach(in);
     }
-    a->closing_handles += 5;
+    /* Removed instances still waiting to send their DELETE: not in insts,
+     * not in flight, so nothing else would free them. */
+    for (inst_t *in; (in = inst_queue_pop(&a->reports));)
+        if (in->removing)
+            inst_free(in);
+    a->closing_handles += 7;
+    remote_shutdown(a);
     if (a->announcer) {
         a->closing_handles++;
         announce_sender_stop(a->announcer, agent_announcer_stopped, a);
@@ -852,6 +996,10 @@ static void agent_stop_now(agent_t *a)
     uv_close((uv_handle_t *)&a->retry, agent_handle_closed);
     a->groups_retry.data = a;
     uv_close((uv_handle_t *)&a->groups_retry, agent_handle_closed);
+    a->flush.data = a;
+    uv_close((uv_handle_t *)&a->flush, agent_handle_closed);
+    a->publish_timer.data = a;
+    uv_close((uv_handle_t *)&a->publish_timer, agent_handle_closed);
     http_server_shutdown(a->http, 1000, agent_http_closed, a);
 }
 

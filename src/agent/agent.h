@@ -5,8 +5,12 @@
  * change to the API. Instances run under the isolate's monitor, so the
  * agent can die and come back without touching them.
  *
- * Runs on the loop given to agent_start; every API call goes to a thread of
- * libuv's pool, so the loop never waits on the network or the disk. */
+ * Runs on the loop given to agent_start. API calls are non-blocking on that
+ * loop (libcurl's multi interface, connections kept alive); a thousand
+ * instances assigned at once are launched a slice per loop turn, reported
+ * with a bounded number of calls in flight (each in its latest state), and
+ * published to the node's table once per change burst, so heartbeats,
+ * exits and health checks are never stuck behind them. */
 #ifndef DROVER_AGENT_H
 #define DROVER_AGENT_H
 

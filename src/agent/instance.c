@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +22,12 @@
 /* An instance that ran this long before failing starts its backoff over:
  * it was not crash-looping. */
 #define INST_STABLE_MS 60000
+/* A started instance is "running" once its monitor tells the app's pid
+ * (isolate_spec.on_pid). Should it not, app.pid is looked at every
+ * INST_PID_POLL_MS, and after INST_PID_POLLS looks it is "running"
+ * anyway (the pid is reported when it comes). */
+#define INST_PID_POLL_MS 250
+#define INST_PID_POLLS   8
 
 static const char *const inst_state_names[] = {
     "staging", "starting", "running", "healthy", "unhealthy",
@@ -48,15 +55,15 @@ static void inst_iso_time(int64_t ms, char *out, size_t n)
     snprintf(out + w, n - w, ".%03dZ", (int)(ms % 1000));
 }
 
-/* Record a transition: state, reason, time; keep the last few in history. */
-static void inst_set(inst_t *in, inst_state_t st, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void inst_set(inst_t *in, inst_state_t st, const char *fmt, ...)
+/* Record a transition: state, reason, time; keep the last few in history.
+ * report false: the API learns it with the next transition (or from the
+ * pid wait's first look, a moment later), for the short-lived states of a
+ * start: one report per started instance instead of three. */
+static void inst_vset(inst_t *in, bool report, inst_state_t st, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+static void inst_vset(inst_t *in, bool report, inst_state_t st, const char *fmt, va_list ap)
 {
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(in->reason, sizeof(in->reason), fmt, ap);
-    va_end(ap);
     in->state = st;
     in->since_ms = agent_wall_ms();
     char at[40];
@@ -67,7 +74,30 @@ static void inst_set(inst_t *in, inst_state_t st, const char *fmt, ...)
         json_array_remove(in->history, 0);
     log_info("agent", "instance %s: %s (%s)", in->id, inst_state_name(st), in->reason);
     agent_publish(in->agent, in->app);
-    inst_report(in);
+    if (report)
+        inst_report(in);
+    else
+        in->report_dirty = true;
+}
+
+static void inst_set(inst_t *in, inst_state_t st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void inst_set(inst_t *in, inst_state_t st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    inst_vset(in, true, st, fmt, ap);
+    va_end(ap);
+}
+
+static void inst_set_quiet(inst_t *in, inst_state_t st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void inst_set_quiet(inst_t *in, inst_state_t st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    inst_vset(in, false, st, fmt, ap);
+    va_end(ap);
 }
 
 inst_t *inst_new(agent_t *a, const char *id, const char *app, int64_t version, const json_t *spec)
@@ -90,7 +120,66 @@ inst_t *inst_new(agent_t *a, const char *id, const char *app, int64_t version, c
     return in;
 }
 
+/* ---- queues ---- */
+
+static inst_link_t *inst_link(const inst_queue_t *q, inst_t *in)
+{
+    return (inst_link_t *)((char *)in + q->link_off);
+}
+
+void inst_queue_init(inst_queue_t *q, size_t link_off)
+{
+    q->head = q->tail = NULL;
+    q->link_off = link_off;
+}
+
+void inst_queue_push(inst_queue_t *q, inst_t *in)
+{
+    inst_link_t *l = inst_link(q, in);
+    if (l->on)
+        return;
+    l->on = true;
+    l->next = NULL;
+    l->prev = q->tail;
+    if (q->tail)
+        inst_link(q, q->tail)->next = in;
+    else
+        q->head = in;
+    q->tail = in;
+}
+
+void inst_queue_remove(inst_queue_t *q, inst_t *in)
+{
+    inst_link_t *l = inst_link(q, in);
+    if (!l->on)
+        return;
+    if (l->prev)
+        inst_link(q, l->prev)->next = l->next;
+    else
+        q->head = l->next;
+    if (l->next)
+        inst_link(q, l->next)->prev = l->prev;
+    else
+        q->tail = l->prev;
+    l->prev = l->next = NULL;
+    l->on = false;
+}
+
+inst_t *inst_queue_pop(inst_queue_t *q)
+{
+    inst_t *in = q->head;
+    if (in)
+        inst_queue_remove(q, in);
+    return in;
+}
+
 /* ---- reports ---- */
+
+/* Reports in flight at once. The API stores each one in a transaction of
+ * its own: a few at a time keep it busy while connections are reused, and
+ * an instance waiting its turn is reported once, in its latest state,
+ * rather than once per transition. */
+#define INST_REPORTS_MAX 8
 
 static json_t *inst_record(inst_t *in)
 {
@@ -121,26 +210,25 @@ static void inst_report_done(agent_t *a, int status, const err_t *err, int http_
 {
     inst_t *in = data;
     in->report_busy = false;
-    if (status || http_status >= 500) {
-        /* The server is away: the heartbeat tick sends it again. */
+    a->reports_in_flight--;
+    bool failed = status || http_status >= 500;
+    if (failed) {
+        /* The server is away: the heartbeat tick sends it again. A removed
+         * instance goes on to its DELETE instead. */
         log_debug("agent", "report of %s failed: %s", in->id,
                   status ? err_str(err, status) : "server error");
-        in->report_dirty = true;
+        in->report_dirty = !in->removing;
     } else if (http_status >= 400) {
         log_warn("agent", "server refused the report of %s: HTTP %d", in->id, http_status);
     }
     if (in->freed_pending) {
         inst_free(in);
-        return;
-    }
-    if (in->removing) {
+    } else if (in->removing) {
         agent_inst_remove(a, in);
-        return;
+    } else if (in->report_dirty && !failed && !a->stopping) {
+        inst_queue_push(&a->reports, in);
     }
-    if (in->report_dirty && !status && !a->stopping) {
-        in->report_dirty = false;
-        inst_report(in);
-    }
+    agent_flush_soon(a); /* a slot is free */
 }
 
 void inst_report(inst_t *in)
@@ -148,17 +236,49 @@ void inst_report(inst_t *in)
     agent_t *a = in->agent;
     if (a->stopping)
         return;
-    if (in->report_busy) {
-        in->report_dirty = true;
-        return;
-    }
+    in->report_dirty = true;
+    if (in->report_busy)
+        return; /* inst_report_done queues it again */
+    inst_queue_push(&a->reports, in);
+    agent_flush_soon(a);
+}
+
+/* The record is built when the request goes out, not when the state
+ * changed: however long an instance waited, the API gets its latest
+ * state in one request. */
+static void inst_report_send(inst_t *in)
+{
+    agent_t *a = in->agent;
     in->report_busy = true;
     in->report_dirty = false;
+    a->reports_in_flight++;
     json_t *rec = inst_record(in);
     char *path = xasprintf("/v1/instances/%s", in->id);
     remote_call(a, "PUT", path, rec, 10000, inst_report_done, in);
     free(path);
     json_decref(rec);
+}
+
+void inst_reports_pump(agent_t *a)
+{
+    /* A report must never run ahead of the table: the scheduler counts an
+     * instance healthy from its report and may then stop an old one, so
+     * routers must already have been offered the new one. With a publish
+     * pending (at most AGENT_PUBLISH_GAP_MS away), reports wait for it;
+     * agent_publish_flush runs the flush again. */
+    if (a->publish_dirty && json_object_size(a->publish_dirty) &&
+        uv_is_active((uv_handle_t *)&a->publish_timer))
+        return;
+    inst_t *in;
+    while (!a->stopping && a->reports_in_flight < INST_REPORTS_MAX &&
+           (in = inst_queue_pop(&a->reports))) {
+        if (in->report_busy)
+            continue;
+        if (in->report_dirty)
+            inst_report_send(in);
+        else if (in->removing)
+            agent_inst_delete(a, in);
+    }
 }
 
 /* ---- freeing ---- */
@@ -201,6 +321,9 @@ void inst_free(inst_t *in)
         in->agent->isolate->release(in->proc);
         in->proc = NULL;
     }
+    inst_queue_remove(&in->agent->reports, in);
+    inst_queue_remove(&in->agent->launches, in);
+    inst_queue_remove(&in->agent->drains, in);
     agent_fetch_forget(in->agent, in);
     in->agent->closing_handles++;
     uv_close((uv_handle_t *)&in->timer, inst_timer_closed);
@@ -293,6 +416,7 @@ static void inst_start_health(inst_t *in)
 static void inst_fail_start(inst_t *in, const char *why);
 static void inst_spawn(inst_t *in);
 static void inst_wait_pid(uv_timer_t *t);
+static void inst_on_pid(isolate_proc_t *p, pid_t pid, void *data);
 static void inst_fetched(int status, const err_t *ferr, const char *tree, void *data);
 
 void inst_launch(inst_t *in)
@@ -302,7 +426,7 @@ void inst_launch(inst_t *in)
     in->exit = (json_decref(in->exit), NULL);
     in->healthy = -1;
     in->pid = 0;
-    inst_set(in, INST_STAGING, "preparing");
+    inst_set_quiet(in, INST_STAGING, "preparing");
     launch_ports_free(&in->port_info);
     free(in->ports);
     in->ports = NULL;
@@ -393,7 +517,7 @@ static void inst_spawn(inst_t *in)
         inst_fail_start(in, err.msg);
         return;
     }
-    inst_set(in, INST_STARTING, "starting %s", argv[0]);
+    inst_set_quiet(in, INST_STARTING, "starting %s", argv[0]);
     double cpus = json_number_value(json_object_get(in->spec, "cpus"));
     double mem = json_number_value(json_object_get(in->spec, "mem"));
     isolate_spec_t is = {
@@ -406,6 +530,7 @@ static void inst_spawn(inst_t *in)
         .mem_bytes = (int64_t)(mem * 1024 * 1024),
         .pids_max = 0,
         .harden = a->opts.harden,
+        .on_pid = inst_on_pid,
     };
     int rc = a->isolate->start(a->loop, &is, inst_on_exit, in, &in->proc, &err);
     launch_strv_free(argv);
@@ -414,24 +539,50 @@ static void inst_spawn(inst_t *in)
         inst_fail_start(in, err.msg);
         return;
     }
-    in->pid_wait = 0;
-    inst_wait_pid(&in->timer);
+    /* inst_on_pid says when the monitor has forked the app; the timer is
+     * the fallback should it never say. */
+    in->pid_wait = INST_PID_POLLS;
+    uv_timer_start(&in->timer, inst_wait_pid, INST_PID_POLL_MS, 0);
 }
 
 /* The monitor forks the app a moment after it starts; reports and health
- * checks begin once the app's pid is known (or after a second, whatever). */
+ * checks begin once the app's pid is known (or after a while, whatever). */
+static void inst_running(inst_t *in)
+{
+    in->pid_wait = 0;
+    uv_timer_stop(&in->timer);
+    if (in->agent->isolate->pid(in->proc) > 0)
+        in->pid = in->agent->isolate->pid(in->proc);
+    inst_set(in, INST_RUNNING, "started, pid %d", (int)in->pid);
+    inst_start_health(in);
+}
+
+static void inst_on_pid(isolate_proc_t *p, pid_t pid, void *data)
+{
+    inst_t *in = data;
+    if (in->proc != p || in->stopping)
+        return;
+    if (in->pid_wait) {
+        in->pid = pid;
+        inst_running(in);
+    } else if (in->pid <= 0) {
+        in->pid = pid; /* reported "running" without one: tell the API now */
+        inst_report(in);
+    }
+}
+
 static void inst_wait_pid(uv_timer_t *t)
 {
     inst_t *in = t->data;
-    if (!in->proc || in->stopping)
+    if (!in->proc || in->stopping || !in->pid_wait)
         return;
-    in->pid = in->agent->isolate->pid(in->proc);
-    if (in->pid <= 0 && in->pid_wait++ < 200) {
-        uv_timer_start(&in->timer, inst_wait_pid, 5, 0);
+    if (in->agent->isolate->pid(in->proc) <= 0 && --in->pid_wait > 0) {
+        if (in->report_dirty && !in->report_busy)
+            inst_report(in); /* "starting" is taking a while: say so */
+        uv_timer_start(&in->timer, inst_wait_pid, INST_PID_POLL_MS, 0);
         return;
     }
-    inst_set(in, INST_RUNNING, "started, pid %d", (int)in->pid);
-    inst_start_health(in);
+    inst_running(in);
 }
 
 /* ---- restarts ---- */
@@ -586,7 +737,7 @@ static void inst_drained(uint64_t revision, size_t confirmed, size_t pending,
         inst_terminate(in);
 }
 
-static void inst_drain(inst_t *in)
+void inst_drain(inst_t *in)
 {
     agent_t *a = in->agent;
     uint64_t timeout = a->opts.drain_timeout_ms ? a->opts.drain_timeout_ms : 5000;
@@ -594,6 +745,8 @@ static void inst_drain(inst_t *in)
     ctx->agent = a;
     ctx->id = xstrdup(in->id);
     in->draining = true;
+    /* The revision waited for must include this instance's removal. */
+    agent_publish_flush(a);
     if (!a->locator || loc_server_wait_confirmed(a->locator, loc_table_revision(a->table), timeout,
                                                  inst_drained, ctx) != 0) {
         in->draining = false;
@@ -610,6 +763,7 @@ void inst_stop(inst_t *in, const char *reason)
     in->stopping = true;
     in->wanted = false;
     uv_timer_stop(&in->timer);
+    inst_queue_remove(&in->agent->launches, in);
     if (in->health) {
         health_stop(in->health);
         in->health = NULL;
@@ -625,9 +779,12 @@ void inst_stop(inst_t *in, const char *reason)
         return;
     }
     /* inst_set unpublished it; the process gets SIGTERM only once every
-     * router subscribed to this node confirmed the removal (bounded). */
+     * router subscribed to this node confirmed the removal (bounded). The
+     * drain starts from the turn's flush, so that stopping many instances
+     * at once publishes the table once. */
     inst_set(in, INST_KILLING, "%s", reason);
-    inst_drain(in);
+    inst_queue_push(&in->agent->drains, in);
+    agent_flush_soon(in->agent);
 }
 
 /* ---- re-adoption after an agent restart ---- */

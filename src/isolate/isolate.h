@@ -29,6 +29,13 @@
 #include <sys/types.h>
 #include <uv.h>
 
+typedef struct isolate_proc isolate_proc_t;
+
+/* The app's pid became known (its monitor has forked it): called at most
+ * once per start, on the loop, with the `data` given to start, never after
+ * release. */
+typedef void (*isolate_pid_cb)(isolate_proc_t *p, pid_t pid, void *data);
+
 typedef struct isolate_spec {
     const char *instance_id;
     const char *dir;      /* instance directory (exists; isolate writes its files here) */
@@ -41,6 +48,7 @@ typedef struct isolate_spec {
     size_t log_max_bytes; /* rotate a log file past this size (default 10 MiB) */
     int log_keep;         /* rotated files kept per stream (default 3) */
     bool harden; /* pid/mount/ipc/uts namespaces and no_new_privs where the kernel permits */
+    isolate_pid_cb on_pid; /* optional: told the app's pid as soon as it is known */
 } isolate_spec_t;
 
 typedef struct isolate_exit {
@@ -53,8 +61,6 @@ typedef struct isolate_exit {
                           * "out of memory (limit 64 MiB)", "failed to start: nope: No such file
                           * or directory", "monitor died: exit status unknown" */
 } isolate_exit_t;
-
-typedef struct isolate_proc isolate_proc_t;
 
 /* Called once when the app has ended (and its monitor recorded it). The
  * proc stays valid until isolate_ops.release. */

@@ -10,7 +10,11 @@
  *
  * Besides the files isolate.h lists, the directory holds `instance_id` (the
  * id, written at start) so that a later agent can find the cgroups of an
- * instance whose monitor died. */
+ * instance whose monitor died.
+ *
+ * A shim started here also gets the write end of a pipe (--ready-fd 3) on
+ * which it writes the app's pid right after forking it; the agent learns
+ * the app runs from that pipe becoming readable, without polling app.pid. */
 #include "isolate/isolate.h"
 
 #include "core/alloc.h"
@@ -48,6 +52,12 @@ struct isolate_proc {
     uv_loop_t *loop;
     uv_poll_t poll;   /* readable when the shim has exited */
     uv_timer_t timer; /* retries a signal asked for before app.pid existed */
+    uv_poll_t ready;  /* the shim's --ready-fd pipe, while open */
+    int ready_fd;     /* -1 when none or closed */
+    bool ready_open;  /* `ready` is initialised and not closed yet */
+    char ready_buf[24];
+    size_t ready_len;
+    isolate_pid_cb on_pid;
     int open_handles; /* freed when the last close callback runs */
     int pidfd;
     pid_t shim_pid;
@@ -257,6 +267,10 @@ static void proc_kill_orphans(const char *instance_id, pid_t pgid)
 static void proc_on_close(uv_handle_t *h)
 {
     isolate_proc_t *p = h->data;
+    if (h == (uv_handle_t *)&p->ready && p->ready_fd >= 0) {
+        close(p->ready_fd);
+        p->ready_fd = -1;
+    }
     if (--p->open_handles > 0)
         return;
     if (p->pidfd >= 0)
@@ -299,6 +313,50 @@ static void proc_on_readable(uv_poll_t *h, int status, int events)
     p->cb(p, &how, p->data);
 }
 
+static void proc_ready_close(isolate_proc_t *p)
+{
+    if (!p->ready_open)
+        return;
+    p->ready_open = false;
+    uv_poll_stop(&p->ready);
+    uv_close((uv_handle_t *)&p->ready, proc_on_close);
+}
+
+/* The shim wrote the app's pid (or closed the pipe without one: it failed
+ * before forking, and its exit tells the rest). */
+static void proc_on_ready(uv_poll_t *h, int status, int events)
+{
+    isolate_proc_t *p = h->data;
+    (void)events;
+    bool done = status < 0;
+    while (!done) {
+        ssize_t r =
+            read(p->ready_fd, p->ready_buf + p->ready_len, sizeof(p->ready_buf) - 1 - p->ready_len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return; /* the rest of the line comes later */
+        if (r > 0)
+            p->ready_len += (size_t)r;
+        done = r <= 0 || memchr(p->ready_buf, '\n', p->ready_len) ||
+               p->ready_len == sizeof(p->ready_buf) - 1;
+    }
+    p->ready_buf[p->ready_len] = '\0';
+    p->ready_buf[strcspn(p->ready_buf, "\n")] = '\0';
+    int64_t v = 0;
+    pid_t pid = 0;
+    if (p->ready_len && str_to_i64(p->ready_buf, 2, INT32_MAX, &v) == 0)
+        pid = (pid_t)v;
+    proc_ready_close(p);
+    if (pid > 0 && p->app_pid <= 0)
+        p->app_pid = pid;
+    if (p->app_pid > 0 && p->on_pid && !p->released) {
+        isolate_pid_cb cb = p->on_pid;
+        p->on_pid = NULL;
+        cb(p, p->app_pid, p->data);
+    }
+}
+
 static void proc_on_timer(uv_timer_t *t)
 {
     isolate_proc_t *p = t->data;
@@ -313,12 +371,16 @@ static void proc_on_timer(uv_timer_t *t)
     }
 }
 
+/* ready_fd: read end of the shim's --ready-fd pipe, or -1; taken over
+ * (closed) whatever happens. */
 static int proc_watch(uv_loop_t *loop, const char *dir, const char *instance_id, pid_t shim_pid,
-                      int pidfd, isolate_exit_cb cb, void *data, isolate_proc_t **out, err_t *err)
+                      int pidfd, int ready_fd, isolate_pid_cb on_pid, isolate_exit_cb cb,
+                      void *data, isolate_proc_t **out, err_t *err)
 {
     isolate_proc_t *p = xcalloc(1, sizeof(*p));
     p->loop = loop;
     p->pidfd = pidfd;
+    p->ready_fd = -1;
     p->shim_pid = shim_pid;
     p->dir = xstrdup(dir);
     p->instance_id = instance_id ? xstrdup(instance_id) : NULL;
@@ -326,6 +388,8 @@ static int proc_watch(uv_loop_t *loop, const char *dir, const char *instance_id,
     p->data = data;
     int rc = uv_poll_init(loop, &p->poll, pidfd);
     if (rc < 0) {
+        if (ready_fd >= 0)
+            close(ready_fd);
         free(p->dir);
         free(p->instance_id);
         free(p);
@@ -336,6 +400,16 @@ static int proc_watch(uv_loop_t *loop, const char *dir, const char *instance_id,
     p->timer.data = p;
     p->open_handles = 2;
     uv_poll_start(&p->poll, UV_READABLE, proc_on_readable);
+    if (ready_fd >= 0 && uv_poll_init(loop, &p->ready, ready_fd) == 0) {
+        p->ready_fd = ready_fd;
+        p->ready_open = true;
+        p->ready.data = p;
+        p->on_pid = on_pid;
+        p->open_handles++;
+        uv_poll_start(&p->ready, UV_READABLE, proc_on_ready);
+    } else if (ready_fd >= 0) {
+        close(ready_fd);
+    }
     *out = p;
     return 0;
 }
@@ -383,7 +457,7 @@ static int process_probe(err_t *err)
 }
 
 static char **proc_shim_argv(const char *shim, const char *dir, const isolate_spec_t *spec,
-                             char cgroups[CGROUP_NCTRL][256], int ncg, char **owned)
+                             char cgroups[CGROUP_NCTRL][256], int ncg, bool ready, char **owned)
 {
     size_t argc = 0;
     while (spec->argv[argc])
@@ -413,6 +487,10 @@ static char **proc_shim_argv(const char *shim, const char *dir, const isolate_sp
     }
     if (spec->harden)
         v[i++] = "--harden";
+    if (ready) {
+        v[i++] = "--ready-fd";
+        v[i++] = "3";
+    }
     v[i++] = "--";
     for (size_t k = 0; k < argc; k++)
         v[i++] = spec->argv[k];
@@ -424,7 +502,8 @@ static char **proc_shim_argv(const char *shim, const char *dir, const isolate_sp
  * costs the same whatever the agent's size. The shim gets /dev/null for
  * stdio, no other descriptor, default signal handling and an empty mask,
  * whatever the agent itself has set up. */
-static int proc_spawn(const char *shim, char **argv, char *const *envp, pid_t *pid, err_t *err)
+static int proc_spawn(const char *shim, char **argv, char *const *envp, int ready_fd, pid_t *pid,
+                      err_t *err)
 {
     posix_spawnattr_t attr;
     posix_spawn_file_actions_t fa;
@@ -442,7 +521,14 @@ static int proc_spawn(const char *shim, char **argv, char *const *envp, pid_t *p
     posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDWR, 0);
     posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDERR_FILENO);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    if (ready_fd >= 0) {
+        /* The pipe's ends are CLOEXEC and above 3 (the loop's own
+         * descriptors come first); dup2 to 3 clears the flag. */
+        posix_spawn_file_actions_adddup2(&fa, ready_fd, 3);
+        posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+    } else {
+        posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    }
     int rc = posix_spawn(pid, shim, &fa, &attr, argv, envp ? envp : environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
@@ -497,14 +583,27 @@ static int process_start(uv_loop_t *loop, const isolate_spec_t *spec, isolate_ex
         if (mask & (1u << c))
             cgroup_path((cgroup_ctrl_t)c, spec->instance_id, cgroups[ncg++], sizeof(cgroups[0]));
 
+    /* Only for a caller that wants the pid; a pipe whose write end would
+     * land on 3 itself cannot be handed over (dup2 to itself keeps
+     * CLOEXEC), so it does without. */
+    int ready[2] = {-1, -1};
+    if (spec->on_pid && pipe2(ready, O_CLOEXEC | O_NONBLOCK) == 0 && ready[1] == 3) {
+        close(ready[0]);
+        close(ready[1]);
+        ready[0] = ready[1] = -1;
+    }
     char *owned[2] = {NULL, NULL};
-    char **argv = proc_shim_argv(shim, dir, spec, cgroups, ncg, owned);
+    char **argv = proc_shim_argv(shim, dir, spec, cgroups, ncg, ready[1] >= 0, owned);
     pid_t pid = 0;
-    rc = proc_spawn(shim, argv, spec->envp, &pid, err);
+    rc = proc_spawn(shim, argv, spec->envp, ready[1], &pid, err);
     free(argv);
     free(owned[0]);
     free(owned[1]);
+    if (ready[1] >= 0)
+        close(ready[1]);
     if (rc < 0) {
+        if (ready[0] >= 0)
+            close(ready[0]);
         cgroup_remove(spec->instance_id);
         return rc;
     }
@@ -517,13 +616,16 @@ static int process_start(uv_loop_t *loop, const isolate_spec_t *spec, isolate_ex
     int pidfd = proc_pidfd_open(pid);
     if (pidfd < 0) {
         int e = errno;
+        if (ready[0] >= 0)
+            close(ready[0]);
         kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
         }
         cgroup_kill_all(spec->instance_id);
         return err_set(err, -e, "pidfd_open of monitor %d: %s", (int)pid, strerror(e));
     }
-    rc = proc_watch(loop, dir, spec->instance_id, pid, pidfd, cb, data, out, err);
+    rc = proc_watch(loop, dir, spec->instance_id, pid, pidfd, ready[0], spec->on_pid, cb, data, out,
+                    err);
     if (rc < 0) {
         siginfo_t si;
         kill(pid, SIGKILL);
@@ -560,7 +662,7 @@ static int process_adopt(uv_loop_t *loop, const char *dir_in, isolate_exit_cb cb
     }
     int pidfd = proc_pidfd_open(shim);
     if (pidfd >= 0 && proc_is_our_shim(shim, dir)) {
-        int rc = proc_watch(loop, dir, instance_id, shim, pidfd, cb, data, out, err);
+        int rc = proc_watch(loop, dir, instance_id, shim, pidfd, -1, NULL, cb, data, out, err);
         if (rc < 0) {
             close(pidfd);
             return rc;
@@ -630,6 +732,7 @@ static void process_release(isolate_proc_t *p)
     if (!p || p->released)
         return;
     p->released = true;
+    proc_ready_close(p);
     uv_poll_stop(&p->poll);
     uv_timer_stop(&p->timer);
     uv_close((uv_handle_t *)&p->poll, proc_on_close);

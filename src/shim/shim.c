@@ -1,7 +1,8 @@
 /* drover-shim: the monitor that sits between the node agent and one app.
  *
  *   drover-shim --dir DIR [--cwd CWD] --log-max BYTES --log-keep K
- *               [--cgroup /sys/fs/cgroup/CTRL/drover/ID]... [--harden] -- ARGV...
+ *               [--cgroup /sys/fs/cgroup/CTRL/drover/ID]... [--harden] [--ready-fd N]
+ *               -- ARGV...
  *
  * The agent starts it in a session of its own with its environment set to
  * the app's. It forks the app, owns the app's stdout/stderr pipes, writes
@@ -12,6 +13,10 @@
  *
  * Files in DIR: shim.pid, app.pid, stdout.log[.N], stderr.log[.N], exit.json
  * {exit_code, signal, oom, start_failed, ended_at_ms, reason, log_dropped}.
+ *
+ * With --ready-fd N, the app's pid is also written ("PID\n") to descriptor N
+ * (a pipe from the agent) as soon as app.pid is, and N is closed: the agent
+ * learns the instance runs without polling app.pid.
  *
  * The shim is a separate binary linked against libc only and keeps no large
  * buffers, so one per instance costs little memory (about 100 KB private).
@@ -63,6 +68,7 @@ typedef struct shim_opts {
     const char *cgroups[SHIM_MAX_CGROUPS];
     int ncgroups;
     bool harden;
+    int ready_fd; /* -1: none */
     char **argv;
 } shim_opts_t;
 
@@ -88,7 +94,8 @@ static unsigned long long shim_dropped_total;
 static void shim_usage(void)
 {
     static const char msg[] = "usage: drover-shim --dir DIR [--cwd DIR] --log-max BYTES "
-                              "--log-keep K [--cgroup PATH]... [--harden] -- ARGV...\n";
+                              "--log-keep K [--cgroup PATH]... [--harden] [--ready-fd N] -- "
+                              "ARGV...\n";
     if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
         /* nothing left to tell */
     }
@@ -112,6 +119,7 @@ static void shim_parse_args(int argc, char **argv, shim_opts_t *o)
 {
     o->log_max = 10ull << 20;
     o->log_keep = 3;
+    o->ready_fd = -1;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -138,6 +146,10 @@ static void shim_parse_args(int argc, char **argv, shim_opts_t *o)
             if (!shim_parse_ull(v, SHIM_MAX_KEEP, &n))
                 shim_usage();
             o->log_keep = (int)n;
+        } else if (strcmp(a, "--ready-fd") == 0) {
+            if (!shim_parse_ull(v, 1024, &n) || n < 3)
+                shim_usage();
+            o->ready_fd = (int)n;
         } else if (strcmp(a, "--cgroup") == 0) {
             if (o->ncgroups == SHIM_MAX_CGROUPS)
                 shim_usage();
@@ -580,7 +592,16 @@ int main(int argc, char **argv)
     /* Whatever the starter left open is not ours to keep alive; 0-2 must be
      * open, or the pipes made below could land there and be clobbered by
      * the child's dup2. */
-    closefrom(3);
+    if (o.ready_fd >= 3) {
+        if (o.ready_fd > 3)
+            close_range(3, (unsigned)o.ready_fd - 1, 0);
+        close_range((unsigned)o.ready_fd + 1, ~0u, 0);
+        /* Not the app's to inherit. */
+        if (fcntl(o.ready_fd, F_SETFD, FD_CLOEXEC) != 0)
+            o.ready_fd = -1;
+    } else {
+        closefrom(3);
+    }
     int fd;
     while ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0 && fd < 3) {
     }
@@ -635,6 +656,15 @@ int main(int argc, char **argv)
     /* Both sides set the group so it exists before app.pid names it. */
     setpgid(child, child);
     shim_write_pid("app.pid", child);
+    if (o.ready_fd >= 0) {
+        char line[24];
+        int n = snprintf(line, sizeof(line), "%d\n", (int)child);
+        if (write(o.ready_fd, line, (size_t)n) < 0) {
+            /* the agent went away: app.pid tells the next one */
+        }
+        close(o.ready_fd);
+        o.ready_fd = -1;
+    }
     close(out_p[1]);
     close(err_p[1]);
     close(fail_p[1]);

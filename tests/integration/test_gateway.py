@@ -147,9 +147,13 @@ def test_dev_gateway_routes_by_host(drover):
     port = drover.gateway_port
     wait_for(lambda: routed(port, "web.test"), what="the route to reach the gateway")
 
-    # Both instances serve: the balancer spreads requests over them.
+    # Both instances serve: the balancer spreads requests over them (the
+    # second may reach the gateway's table a moment after the API saw it
+    # healthy, so look for a few seconds, not for a fixed count).
     pids = set()
-    for _ in range(20):
+    want = {i["pid"] for i in insts}
+    deadline = time.time() + 5
+    while pids != want and time.time() < deadline:
         status, headers, body = get(port, "/", "web.test")
         assert status == 200
         pids.add(pid_of(body))
@@ -157,7 +161,7 @@ def test_dev_gateway_routes_by_host(drover):
         assert headers["x-frame-options"] == "DENY"
         assert headers["strict-transport-security"] == "max-age=31536000; preload"
         assert headers["x-content-type-options"] == "nosniff"
-    assert pids == {i["pid"] for i in insts}, (pids, insts)
+    assert pids == want, (pids, insts)
 
     # Host matching ignores case and port; wildcards match subdomains by path.
     assert get(port, "/", "WEB.test:8080")[0] == 200

@@ -818,6 +818,114 @@ static void test_adopt_stale_pid(void **state)
     assert_int_equal(ops->cleanup(gid, gdir), 0);
 }
 
+/* ---- the app's pid from the monitor ---------------------------------- */
+
+typedef struct pid_seen {
+    fx_t *f;
+    int calls;
+    pid_t pid;
+    int exits_before; /* exits counted when on_pid ran */
+} pid_seen_t;
+
+static void on_pid_record(isolate_proc_t *p, pid_t pid, void *data)
+{
+    pid_seen_t *ps = data;
+    assert_ptr_equal(p, ps->f->p);
+    ps->calls++;
+    ps->pid = pid;
+    ps->exits_before = ps->f->exits;
+}
+
+static void on_exit_release_seen(isolate_proc_t *p, const isolate_exit_t *how, void *data)
+{
+    pid_seen_t *ps = data;
+    on_exit_release(p, how, ps->f);
+}
+
+/* on_pid tells the app's pid once, without anyone polling app.pid, and it
+ * is the pid of the app's process group leader that app.pid names. */
+static void test_on_pid(void **state)
+{
+    fx_t *f = *state;
+    pid_seen_t ps = {.f = f};
+    char *argv[] = {"sleep", "30", NULL};
+    isolate_spec_t spec = spec_of(f, argv);
+    spec.on_pid = on_pid_record;
+    err_t err = {0};
+    int64_t t0 = mono_ms();
+    assert_int_equal(ops->start(&f->loop, &spec, on_exit_release_seen, &ps, &f->p, &err), 0);
+    assert_true(run_until(f, &ps.calls, 1, 5000));
+    assert_true(mono_ms() - t0 < 5000);
+    assert_int_equal(ps.calls, 1);
+    assert_true(ps.pid > 0);
+    assert_int_equal(ps.pid, read_pid_in(f, "app.pid"));
+    assert_int_equal(ops->pid(f->p), ps.pid);
+    assert_true(alive(ps.pid));
+    assert_int_equal(getpgid(ps.pid), ps.pid);
+    /* said once only */
+    run_for(f, 100);
+    assert_int_equal(ps.calls, 1);
+    ops->kill_all(f->p);
+    assert_true(run_until(f, &f->exits, 1, 5000));
+    assert_int_equal(ps.calls, 1);
+}
+
+/* The pipe the pid comes on is the monitor's, not the app's: the app
+ * holds no descriptor beyond its stdio. */
+static void test_on_pid_not_inherited(void **state)
+{
+    fx_t *f = *state;
+    pid_seen_t ps = {.f = f};
+    char *argv[] = {"sleep", "30", NULL};
+    isolate_spec_t spec = spec_of(f, argv);
+    spec.on_pid = on_pid_record;
+    err_t err = {0};
+    assert_int_equal(ops->start(&f->loop, &spec, on_exit_release_seen, &ps, &f->p, &err), 0);
+    assert_true(run_until(f, &ps.calls, 1, 5000));
+    /* exec'd by now? its command line says so */
+    char path[64], *cmd = NULL;
+    for (int i = 0; i < 400; i++) {
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)ps.pid);
+        free(cmd);
+        cmd = read_path(path);
+        if (cmd && strcmp(cmd, "sleep") == 0)
+            break;
+        nap_ms(5);
+    }
+    assert_non_null(cmd);
+    assert_string_equal(cmd, "sleep");
+    free(cmd);
+    int n = 0;
+    for (int fd = 0; fd < 64; fd++) {
+        struct stat st;
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)ps.pid, fd);
+        if (stat(path, &st) == 0) {
+            assert_true(fd <= 2);
+            n++;
+        }
+    }
+    assert_int_equal(n, 3);
+}
+
+/* A command that cannot start still gets a pid (the monitor forked before
+ * exec failed) or none; either way the exit comes and nothing follows it. */
+static void test_on_pid_exec_failure(void **state)
+{
+    fx_t *f = *state;
+    pid_seen_t ps = {.f = f};
+    char *argv[] = {"/nonexistent/drover-test-binary", NULL};
+    isolate_spec_t spec = spec_of(f, argv);
+    spec.on_pid = on_pid_record;
+    err_t err = {0};
+    assert_int_equal(ops->start(&f->loop, &spec, on_exit_release_seen, &ps, &f->p, &err), 0);
+    assert_true(run_until(f, &f->exits, 1, 10000));
+    assert_true(f->how.start_failed);
+    run_for(f, 50);
+    assert_true(ps.calls <= 1);
+    if (ps.calls)
+        assert_int_equal(ps.exits_before, 0);
+}
+
 /* ---- scale ------------------------------------------------------------ */
 
 static void on_exit_count(isolate_proc_t *p, const isolate_exit_t *how, void *data)
@@ -899,6 +1007,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_adopt_after_release, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_adopt_ended, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_adopt_stale_pid, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_on_pid, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_on_pid_not_inherited, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_on_pid_exec_failure, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_many_instances, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
