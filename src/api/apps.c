@@ -39,6 +39,7 @@ typedef struct app_call {
     int64_t rollback_from;
     char *config_prefix; /* the spec's "config", without slashes at the ends */
     char kind_name[16];
+    json_int_t pool_pin; /* POST .../pool: workers per node, 0 = automatic */
 } app_call_t;
 
 static app_call_t *app_call_new(api_t *api, http_req_t *req, const char *id)
@@ -476,6 +477,90 @@ static void apps_write(api_t *api, http_req_t *req, const char *path_id)
     apps_write_start(c);
 }
 
+/* ---- pool pin ---- */
+
+/* The pin is runtime control, like Cocaine's `control`: it is kept on the
+ * app record (so it survives agent restarts and reaches nodes the app
+ * moves to) but makes no version and no deployment, because nothing that
+ * runs changes; the scheduler copies it into the app's assignments. */
+static void apps_pool_start(app_call_t *c);
+
+static void apps_pool_written(int status, const err_t *err, const store_result_t *res, void *data)
+{
+    app_call_t *c = data;
+    if (status) {
+        api_reply_store_error(c->api, c->req, status, err);
+    } else if (!res->succeeded && ++c->attempts < APPS_CAS_ATTEMPTS) {
+        apps_pool_start(c);
+        return;
+    } else if (!res->succeeded) {
+        api_reply_error(c->api, c->req, 409, NULL, "app %s kept changing concurrently; try again",
+                        c->id);
+    } else {
+        log_info("api", "app %s: pool %s", c->id, c->pool_pin ? "pinned" : "automatic");
+        api_reply_json(c->api, c->req, 200,
+                       json_pack("{s:s, s:I, s:b}", "id", c->id, "workers", c->pool_pin,
+                                 "automatic", c->pool_pin == 0),
+                       res->rev);
+    }
+    app_call_free(c);
+}
+
+static void apps_pool_read(int status, const err_t *err, const store_result_t *res, void *data)
+{
+    app_call_t *c = data;
+    const store_op_result_t *op = status ? NULL : &res->ops[0];
+    json_t *cur = op && op->n_kvs ? apps_record_parse(&op->kvs[0]) : NULL;
+    const char *kind = cur ? json_str(json_object_get(cur, "spec"), "kind") : NULL;
+    int limit = (int)json_integer_value(
+        json_object_get(json_object_get(json_object_get(cur, "spec"), "pool"), "pool-limit"));
+    if (status)
+        api_reply_store_error(c->api, c->req, status, err);
+    else if (!cur)
+        api_reply_error(c->api, c->req, 404, NULL, "app %s not found", c->id);
+    else if (!kind || strcmp(kind, "worker") != 0)
+        api_reply_error(c->api, c->req, 409, NULL,
+                        "app %s is a service: only worker apps have a pool (scale it instead)",
+                        c->id);
+    else if (limit > 0 && c->pool_pin > limit)
+        api_reply_error(c->api, c->req, 400, NULL,
+                        "$.workers: %" JSON_INTEGER_FORMAT " is over the app's pool-limit %d",
+                        c->pool_pin, limit);
+    else {
+        if (c->pool_pin)
+            json_object_set_new(cur, "poolPin", json_integer(c->pool_pin));
+        else
+            json_object_del(cur, "poolPin");
+        char *text = json_dumps(cur, JSON_COMPACT);
+        store_cmp_t cmp = {.key = c->app_key,
+                           .target = STORE_CMP_MOD,
+                           .op = STORE_CMP_EQ,
+                           .num = op->kvs[0].mod_rev};
+        store_op_t put = {.type = STORE_OP_PUT,
+                          .key = c->app_key,
+                          .value = text,
+                          .value_len = strlen(text)};
+        int rc = store_txn(c->api->store, &cmp, 1, &put, 1, NULL, 0, apps_pool_written, c);
+        free(text);
+        json_decref(cur);
+        if (rc) {
+            api_reply_store_error(c->api, c->req, rc, NULL);
+            app_call_free(c);
+        }
+        return;
+    }
+    json_decref(cur);
+    app_call_free(c);
+}
+
+static void apps_pool_start(app_call_t *c)
+{
+    if (store_get(c->api->store, c->app_key, false, apps_pool_read, c)) {
+        api_reply_error(c->api, c->req, 503, NULL, "store unavailable");
+        app_call_free(c);
+    }
+}
+
 /* POST /v1/apps/<id>/<action>. */
 static void apps_action(api_t *api, http_req_t *req, const char *id, const char *action)
 {
@@ -490,10 +575,11 @@ static void apps_action(api_t *api, http_req_t *req, const char *id, const char 
     size_t i = 0;
     while (i < sizeof(actions) / sizeof(*actions) && strcmp(actions[i].name, action) != 0)
         i++;
-    if (i == sizeof(actions) / sizeof(*actions)) {
+    bool pool = strcmp(action, "pool") == 0;
+    if (i == sizeof(actions) / sizeof(*actions) && !pool) {
         api_reply_error(api, req, 404, NULL,
                         "no app action \"%.40s\" (known: scale, rollback, stop, start, restart, "
-                        "promote, abort)",
+                        "promote, abort, pool)",
                         action);
         return;
     }
@@ -512,6 +598,21 @@ static void apps_action(api_t *api, http_req_t *req, const char *id, const char 
         }
     }
     app_call_t *c = app_call_new(api, req, id);
+    if (pool) {
+        json_t *w = body ? json_object_get(body, "workers") : NULL;
+        bool ok = json_is_integer(w) && json_integer_value(w) >= 0 &&
+                  json_integer_value(w) <= INT32_MAX;
+        c->pool_pin = ok ? json_integer_value(w) : 0;
+        json_decref(body);
+        if (!ok) {
+            api_reply_error(api, req, 400, NULL,
+                            "$.workers: required, an integer >= 0 (0: automatic)");
+            app_call_free(c);
+            return;
+        }
+        apps_pool_start(c);
+        return;
+    }
     c->kind = actions[i].kind;
     json_t *n = body ? json_object_get(body, "instances") : NULL;
     json_t *v = body ? json_object_get(body, "version") : NULL;

@@ -27,6 +27,7 @@ typedef struct inst_call {
     char *app;      /* GET list: ?app= filter (normalized); logs: unused */
     char *node;     /* GET list: ?node= filter; logs: the instance's node */
     char *node_key; /* logs: /nodes/<node> */
+    char *sub;      /* node-held paths: what follows /v1/instances/<id>/ */
 } inst_call_t;
 
 static const char *const inst_states[] = {"staging", "starting", "running", "healthy", "unhealthy",
@@ -49,6 +50,7 @@ static void inst_call_free(inst_call_t *c)
     free(c->app);
     free(c->node);
     free(c->node_key);
+    free(c->sub);
     free(c);
 }
 
@@ -370,7 +372,11 @@ static void inst_list(api_t *api, http_req_t *req)
     free(prefix);
 }
 
-/* ---- logs: redirect to the node's agent ------------------------------ */
+/* ---- node-held paths: redirect to the node's agent -------------------- *
+ *
+ * An instance's logs, and a worker instance's pool and crashlogs, live on
+ * the node that runs it; the API says where (307 keeps the method, so a
+ * POST to .../pool reaches the agent as a POST). */
 
 static void inst_logs_node_done(int status, const err_t *err, const store_result_t *res, void *data)
 {
@@ -380,20 +386,20 @@ static void inst_logs_node_done(int status, const err_t *err, const store_result
         api_reply_store_error(c->api, c->req, status, err);
     } else if (!res->ops[0].n_kvs || !(node = api_record_parse(&res->ops[0].kvs[0]))) {
         api_reply_error(c->api, c->req, 404, NULL,
-                        "node %s of instance %s is not registered (its agent serves the logs)",
-                        c->node, c->id);
+                        "node %s of instance %s is not registered (its agent serves its %s)",
+                        c->node, c->id, c->sub);
     } else {
         const char *url = json_str(node, "agent_url");
         if (!url || !*url) {
             api_reply_error(c->api, c->req, 502, NULL,
-                            "node %s has no agent_url: cannot reach its logs", c->node);
+                            "node %s has no agent_url: cannot reach its %s", c->node, c->sub);
         } else {
             size_t ulen = strlen(url);
             while (ulen && url[ulen - 1] == '/')
                 ulen--;
             const char *q = c->req->query;
             char *loc =
-                xasprintf("%.*s/v1/instances/%s/logs%s%s", (int)ulen, url, c->id, *q ? "?" : "", q);
+                xasprintf("%.*s/v1/instances/%s/%s%s%s", (int)ulen, url, c->id, c->sub, *q ? "?" : "", q);
             json_t *body = json_pack("{s:s}", "location", loc);
             char *text = json_dumps(body, JSON_COMPACT);
             json_decref(body);
@@ -482,11 +488,23 @@ void api_instances_handle(api_t *api, http_req_t *req, const char *rest)
             }
         } else
             api_reply_method_not_allowed(api, req, "GET, HEAD, PUT, DELETE");
-    } else if (strcmp(sub, "logs") == 0) {
-        if (inst_method(req, "GET"))
-            inst_start_get(inst_call_new(api, req, id), inst_logs_inst_done);
-        else
+    } else if (strcmp(sub, "logs") == 0 || strcmp(sub, "crashlogs") == 0 ||
+               (str_has_prefix(sub, "crashlogs/") && !strchr(sub + strlen("crashlogs/"), '/'))) {
+        if (inst_method(req, "GET")) {
+            inst_call_t *c = inst_call_new(api, req, id);
+            c->sub = xstrdup(sub);
+            inst_start_get(c, inst_logs_inst_done);
+        } else {
             api_reply_method_not_allowed(api, req, "GET, HEAD");
+        }
+    } else if (strcmp(sub, "pool") == 0) {
+        if (inst_method(req, "GET") || inst_method(req, "POST")) {
+            inst_call_t *c = inst_call_new(api, req, id);
+            c->sub = xstrdup(sub);
+            inst_start_get(c, inst_logs_inst_done);
+        } else {
+            api_reply_method_not_allowed(api, req, "GET, HEAD, POST");
+        }
     } else {
         api_reply_error(api, req, 404, NULL, "no such API path: %s", req->path);
     }

@@ -483,6 +483,8 @@ int cli_cmd_app(cli_ctx_t *ctx, int argc, char **argv)
         {"versions", "app versions ID", "list the versions of an app", app_versions},
         {"stop", "app stop ID", "scale an app to 0, remembering its count", app_stop},
         {"start", "app start ID", "bring a stopped app back", app_start},
+        {"pool", "app pool ID [N|auto]", "pin a worker app's pool per node, or show it",
+         cli_app_pool},
     };
     return cli_dispatch(ctx, "app", subs, sizeof(subs) / sizeof(subs[0]), argc, argv);
 }

@@ -38,6 +38,8 @@ static const cli_verb_t cli_verbs[] = {
     {"promote", cli_cmd_promote},
     {"abort", cli_cmd_abort},
     {"restart", cli_cmd_restart},
+    /* workers.c */
+    {"crashlog", cli_cmd_crashlog},
 };
 
 void cli_usage(FILE *out)
@@ -57,6 +59,8 @@ void cli_usage(FILE *out)
           "  app versions ID          same as `drover versions ID`\n"
           "  app stop ID              scale an app to 0, remembering its instance count\n"
           "  app start ID             bring a stopped app back to its count\n"
+          "  app pool ID [N|auto]     pin a worker app's pool per node, or show it\n"
+          "  crashlog ls|show APP     what the engine kept of a worker app's dead workers\n"
           "  deploy FILE              create or update an app from a spec (--var, --wait)\n"
           "  versions ID              list the versions of an app\n"
           "  push DIR                 upload a directory as an artifact for specs to run\n"

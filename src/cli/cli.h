@@ -418,5 +418,12 @@ int cli_cmd_rollback(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_promote(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_abort(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_restart(cli_ctx_t *ctx, int argc, char **argv);
+/* workers.c: `app pool`, `crashlog` */
+int cli_app_pool(cli_ctx_t *ctx, int argc, char **argv);
+int cli_cmd_crashlog(cli_ctx_t *ctx, int argc, char **argv);
+/* "N" (0..INT32_MAX) or "auto"/"automatic" (0) for `app pool`; -EINVAL. */
+int cli_pool_arg(const char *s, int64_t *out);
+/* Workers by state as "3 active, 1 spawning" ("none" when empty). */
+void cli_pool_workers_text(const json_t *by_state, char *out, size_t n);
 
 #endif

@@ -211,6 +211,8 @@ static bool a_apply(sched_assign_t *a, const store_kv_t *kv, bool deleted)
                                   "version", ver ? ver : json_null(), "node", node, "sig", sig,
                                   "checks", json_array_size(hc) > 0);
             json_object_set(m, "spec", json_object_get(rec, "spec"));
+            json_object_set_new(m, "poolPin",
+                                json_integer(json_integer_value(json_object_get(rec, "poolPin"))));
             json_object_set_new(a->asg, inst, m);
             json_decref(rec);
         } else {
@@ -590,6 +592,23 @@ typedef struct a_result {
 
 /* Start `count` instances of one of the app's specs: pick nodes, write
  * the assignments. Returns how many got a node. */
+/* The app's pool pin (POST /v1/apps/<id>/pool; 0 = automatic) travels in
+ * its assignments, so the agents running a worker app apply it without a
+ * new version; services have none. */
+static json_int_t a_pool_pin(const json_t *app)
+{
+    const char *kind = json_str(json_object_get(app, "spec"), "kind");
+    if (!kind || strcmp(kind, "worker") != 0)
+        return 0;
+    return json_integer_value(json_object_get(app, "poolPin"));
+}
+
+static void a_set_pin(json_t *rec, json_int_t pin)
+{
+    if (pin)
+        json_object_set_new(rec, "poolPin", json_integer(pin));
+}
+
 static int64_t a_start(sched_assign_t *a, place_cluster_t *pc, a_node_t *nodes, size_t n_nodes,
                        const char *app_id, const json_t *spec, const json_t *env, int64_t restart,
                        int64_t version, const json_t *list, int64_t count, a_result_t *res,
@@ -622,6 +641,7 @@ static int64_t a_start(sched_assign_t *a, place_cluster_t *pc, a_node_t *nodes, 
         json_t *rec = json_pack("{s:s, s:s, s:I, s:s, s:O, s:s}", "id", inst, "app", app_id,
                                 "version", (json_int_t)version, "node", node, "spec", eff, "sig",
                                 sig);
+        a_set_pin(rec, a_pool_pin(json_object_get(a->apps, app_id)));
         a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, inst), rec);
         log_debug("sched", "app %s: instance %s on node %s", app_id, inst, node);
         json_object_set_new(placed_on, node,
@@ -766,6 +786,7 @@ static void a_rebalance(sched_assign_t *a, place_cluster_t *pc, const char *app_
     json_t *rec = json_pack("{s:s, s:s, s:O, s:s, s:o, s:s}", "id", inst, "app", app_id, "version",
                             json_object_get(app, "version"), "node", node, "spec", eff, "sig",
                             sig);
+    a_set_pin(rec, a_pool_pin(app));
     a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, inst), rec);
     json_decref(rec);
     json_object_set_new(a->rebal, app_id,
@@ -1437,6 +1458,19 @@ static void a_reconcile(sched_assign_t *a)
             if (!list) {
                 list = json_array();
                 json_object_set_new(lists, app_id, list);
+            }
+            json_int_t pin = a_pool_pin(app);
+            if (pin != json_integer_value(json_object_get(v, "poolPin"))) {
+                /* the pin changed: rewrite the assignment as it was, with
+                 * the new pin (same sig: nothing restarts) */
+                json_t *rec = json_pack("{s:s, s:s, s:O, s:s, s:O, s:O}", "id", id, "app", app_id,
+                                        "version", json_object_get(v, "version"), "node", node,
+                                        "spec", json_object_get(v, "spec"), "sig",
+                                        json_object_get(v, "sig"));
+                a_set_pin(rec, pin);
+                a_write_add(a, xasprintf("%s%s/%s", A_ASSIGN_PREFIX, node, id), rec);
+                json_decref(rec);
+                json_object_set_new(v, "poolPin", json_integer(pin));
             }
             int idx = nd ? nd->idx : -1;
             json_array_append_new(

@@ -19,10 +19,21 @@ BIN = os.environ.get("DROVER_BIN") or os.path.join(ROOT, "bin", "drover")
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, never one this run handed out before:
+    the kernel may give the same ephemeral port to two binds in a row once
+    the first socket is closed, and a process given two equal ports fails."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 class Drover:

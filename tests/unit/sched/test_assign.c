@@ -645,6 +645,77 @@ static void test_unplaced_says_why(void **state)
 
 /* A running deployment advances with the instances' reported health and
  * ends as succeeded; a newer one supersedes an older. */
+/* A worker app's pool pin (set on the app record by POST .../pool) reaches
+ * its assignments without restarting anything: same instances, same sig,
+ * new poolPin; back to automatic drops it. Services never carry one. */
+static void put_worker(fx_t *f, int pin)
+{
+    json_t *spec = json_pack("{s:s, s:s, s:s, s:i, s:s, s:f, s:i}", "id", "/w", "kind", "worker",
+                             "cmd", "sleep 1000", "instances", 2, "isolate", "process", "cpus",
+                             0.1, "mem", 16);
+    json_t *rec = json_pack("{s:s, s:i, s:o}", "id", "/w", "version", 1, "spec", spec);
+    if (pin)
+        json_object_set_new(rec, "poolPin", json_integer(pin));
+    put_json(f, "/apps/w", rec, 0);
+}
+
+static void assert_pins(fx_t *f, json_int_t want, json_t *before)
+{
+    json_t *all = get_prefix(f, "/assign/");
+    size_t i;
+    json_t *e;
+    assert_int_equal(json_array_size(all), 2);
+    json_array_foreach(all, i, e)
+    {
+        json_t *v = json_object_get(e, "value");
+        assert_int_equal(json_integer_value(json_object_get(v, "poolPin")), want);
+        assert_int_equal(json_object_get(v, "poolPin") != NULL, want != 0);
+        if (before) {
+            /* the same instance, the same signature */
+            json_t *b = json_array_get(before, i);
+            assert_string_equal(json_str(e, "key"), json_str(b, "key"));
+            assert_string_equal(json_str(v, "sig"),
+                                json_str(json_object_get(b, "value"), "sig"));
+        }
+    }
+    json_decref(all);
+}
+
+static void test_pool_pin(void **state)
+{
+    fx_t *f = *state;
+    add_node(f, "n1", NULL);
+    fx_sleep(f, 50);
+    put_worker(f, 3);
+    settle(f, 2);
+    assert_pins(f, 3, NULL);
+    json_t *before = get_prefix(f, "/assign/");
+    put_worker(f, 5);
+    settle(f, 2);
+    assert_pins(f, 5, before);
+    put_worker(f, 0);
+    settle(f, 2);
+    assert_pins(f, 0, before);
+    json_decref(before);
+    /* a service's record with a stray poolPin: not passed on */
+    json_t *spec = json_pack("{s:s, s:s, s:i, s:s, s:f, s:i}", "id", "/s", "cmd", "sleep 1000",
+                             "instances", 1, "isolate", "process", "cpus", 0.1, "mem", 16);
+    put_json(f, "/apps/s",
+             json_pack("{s:s, s:i, s:o, s:i}", "id", "/s", "version", 1, "spec", spec, "poolPin", 4),
+             0);
+    settle(f, 3);
+    json_t *all = get_prefix(f, "/assign/");
+    size_t i;
+    json_t *e;
+    json_array_foreach(all, i, e)
+    {
+        json_t *v = json_object_get(e, "value");
+        if (strcmp(json_str(v, "app"), "/s") == 0)
+            assert_null(json_object_get(v, "poolPin"));
+    }
+    json_decref(all);
+}
+
 static void test_deployment_progress(void **state)
 {
     fx_t *f = *state;
@@ -713,6 +784,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_busy, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_unplaced_says_why, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_deployment_progress, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_pool_pin, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
