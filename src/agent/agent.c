@@ -55,7 +55,7 @@ loc_table_t *agent_table(agent_t *a)
 
 static bool agent_inst_published(const inst_t *in)
 {
-    return in->state == INST_HEALTHY && in->proc && !in->stopping && !in->removing;
+    return in->state == INST_HEALTHY && (in->proc || in->engine) && !in->stopping && !in->removing;
 }
 
 /* What one published name holds: the app's instances (of one version, or
@@ -479,7 +479,7 @@ static void agent_flush_fire(uv_timer_t *t)
     if (a->drains.head) {
         agent_publish_flush(a);
         while ((in = inst_queue_pop(&a->drains)))
-            if (in->proc && in->stopping && !in->removing)
+            if ((in->proc || in->engine) && in->stopping && !in->removing)
                 inst_drain(in);
     }
     inst_reports_pump(a);
@@ -521,16 +521,25 @@ static void agent_converge(agent_t *a, const json_t *assigned)
         if (!id || !app || !json_is_object(spec))
             continue;
         inst_t *in = agent_find(a, id);
+        const json_t *pin = json_object_get(as, "poolPin");
+        int pool_pin = json_is_integer(pin) ? (int)json_integer_value(pin) : 0;
         if (in) {
             if (in->stopping)
                 continue;
             in->wanted = true;
+            if (pool_pin != in->pool_pin) {
+                err_t err = {0};
+                if (inst_pool_pin(in, pool_pin, &err))
+                    log_warn("agent", "instance %s: poolPin %d: %s", in->id, pool_pin, err.msg);
+            }
             /* Re-adopted but ended while we were away: start it again. */
-            if (!in->proc && !uv_is_active((uv_handle_t *)&in->timer) && in->state != INST_STAGING)
+            if (!in->proc && !in->engine && !uv_is_active((uv_handle_t *)&in->timer) &&
+                in->state != INST_STAGING)
                 inst_launch(in);
             continue;
         }
         in = inst_new(a, id, app, json_integer_value(json_object_get(as, "version")), spec);
+        in->pool_pin = pool_pin;
         inst_queue_push(&a->launches, in);
     }
     if (a->launches.head)
@@ -779,8 +788,14 @@ static void agent_adopt_all(agent_t *a)
         inst_t *in = inst_new(a, e->d_name, "", 0, NULL);
         int rc = inst_adopt(in);
         if (rc < 0) {
-            log_warn("agent", "instance directory %s/%s holds no instance; ignored", root,
-                     e->d_name);
+            if (rc == -ECHILD)
+                log_info("agent",
+                         "worker instance %s is started again when assigned (workers "
+                         "are not re-adopted)",
+                         e->d_name);
+            else
+                log_warn("agent", "instance directory %s/%s holds no instance; ignored", root,
+                         e->d_name);
             for (inst_t **pp = &a->insts; *pp; pp = &(*pp)->next)
                 if (*pp == in) {
                     *pp = in->next;

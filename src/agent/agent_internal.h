@@ -6,6 +6,7 @@
 #include "agent/health.h"
 #include "agent/launch.h"
 #include "agent/ports.h"
+#include "engine/engine.h"
 #include "http/server.h"
 #include "isolate/isolate.h"
 #include "locator/announce.h"
@@ -62,6 +63,8 @@ typedef struct inst {
     bool ports_held;
     int64_t mem_held_mb; /* node memory reserved for this instance */
     isolate_proc_t *proc;
+    engine_app_t *engine; /* a worker app's engine (instead of proc) while it runs */
+    int pool_pin;         /* poolPin of the assignment: 0 automatic, N workers */
     pid_t pid;
     int pid_wait; /* looks at app.pid left while waiting for the app's pid; 0: not waiting */
     health_t *health;
@@ -202,6 +205,10 @@ void inst_report(inst_t *in);
  * while fewer than the bound are in flight. */
 void inst_reports_pump(agent_t *a);
 void inst_detach(inst_t *in); /* agent shutdown: forget, leave running */
+/* kind "worker": the instance runs an engine app, not a process. */
+bool inst_is_worker(const inst_t *in);
+/* Apply an assignment's poolPin (0 automatic); -EINVAL past pool-limit. */
+int inst_pool_pin(inst_t *in, int n, err_t *err);
 void inst_free(inst_t *in);
 const char *inst_state_name(inst_state_t s);
 void agent_inst_remove(agent_t *a, inst_t *in);

@@ -304,6 +304,13 @@ static void inst_timer_closed(uv_handle_t *h)
     agent_maybe_done(a);
 }
 
+static void inst_engine_freed(void *data)
+{
+    agent_t *a = data;
+    a->closing_handles--;
+    agent_maybe_done(a);
+}
+
 void inst_free(inst_t *in)
 {
     if (in->freed_pending) {
@@ -320,6 +327,13 @@ void inst_free(inst_t *in)
     if (in->proc) {
         in->agent->isolate->release(in->proc);
         in->proc = NULL;
+    }
+    if (in->engine) {
+        /* workers are not left behind (they would lose their socket
+         * anyway): killed now, the agent waits for the engine to close */
+        in->agent->closing_handles++;
+        engine_app_stop(in->engine, true, inst_engine_freed, in->agent);
+        in->engine = NULL;
     }
     inst_queue_remove(&in->agent->reports, in);
     inst_queue_remove(&in->agent->launches, in);
@@ -430,7 +444,12 @@ void inst_launch(inst_t *in)
     launch_ports_free(&in->port_info);
     free(in->ports);
     in->ports = NULL;
-    if (launch_ports_from_spec(in->spec, &in->port_info, &err)) {
+    if (inst_is_worker(in)) {
+        /* one dynamic port: the invocation service of its engine */
+        in->port_info.n = 1;
+        in->port_info.want = xcalloc(1, sizeof(int));
+        in->port_info.names = xcalloc(1, sizeof(char *));
+    } else if (launch_ports_from_spec(in->spec, &in->port_info, &err)) {
         inst_fail_start(in, err.msg);
         return;
     }
@@ -498,6 +517,9 @@ static void inst_fetched(int status, const err_t *ferr, const char *tree, void *
     inst_spawn(in);
 }
 
+static void inst_start_engine(inst_t *in, char **argv, char **envp);
+static void inst_terminate(inst_t *in);
+
 static void inst_spawn(inst_t *in)
 {
     agent_t *a = in->agent;
@@ -515,6 +537,11 @@ static void inst_spawn(inst_t *in)
     };
     if (launch_build(in->spec, &ctx, &argv, &envp, &err)) {
         inst_fail_start(in, err.msg);
+        return;
+    }
+    if (inst_is_worker(in)) {
+        inst_start_engine(in, argv, envp); /* takes argv */
+        launch_strv_free(envp);
         return;
     }
     inst_set_quiet(in, INST_STARTING, "starting %s", argv[0]);
@@ -543,6 +570,91 @@ static void inst_spawn(inst_t *in)
      * the fallback should it never say. */
     in->pid_wait = INST_PID_POLLS;
     uv_timer_start(&in->timer, inst_wait_pid, INST_PID_POLL_MS, 0);
+}
+
+bool inst_is_worker(const inst_t *in)
+{
+    const char *kind = json_str(in->spec, "kind");
+    return kind && strcmp(kind, "worker") == 0;
+}
+
+int inst_pool_pin(inst_t *in, int n, err_t *err)
+{
+    if (!in->engine) {
+        in->pool_pin = n; /* applied when the engine starts */
+        return 0;
+    }
+    int rc = engine_app_pin(in->engine, n, err);
+    if (rc == 0)
+        in->pool_pin = n;
+    return rc;
+}
+
+/* A worker instance runs an engine app instead of a process: workers are
+ * started on demand by the engine, with the spec's command as the slave.
+ * `cmd` runs through `sh -c`, so the engine's arguments (--app ...) reach
+ * it as "$@". Running and healthy once the invocation service listens. */
+static void inst_start_engine(inst_t *in, char **argv, char **envp)
+{
+    agent_t *a = in->agent;
+    err_t err = {0};
+    if (argv[0] && argv[1] && argv[2] && !argv[3] && !strcmp(argv[0], "/bin/sh") &&
+        !strcmp(argv[1], "-c")) {
+        char *shcmd = xasprintf("%s \"$@\"", argv[2]);
+        free(argv[2]);
+        argv[2] = shcmd;
+        argv = xrealloc(argv, 5 * sizeof(char *));
+        argv[3] = xstrdup("drover-worker");
+        argv[4] = NULL;
+    }
+    char *listen = xasprintf("0.0.0.0:%d", in->ports[0]);
+    engine_opts_t o = {
+        .name = in->app,
+        .version = in->version,
+        .id = in->id,
+        .pool = json_object_get(in->spec, "pool"),
+        .argv = argv,
+        .envp = envp,
+        .cwd = in->dir,
+        .run_dir = in->dir,
+        .locator = a->locator_addr,
+        .listen = listen,
+        .isolate = a->isolate,
+        .harden = a->opts.harden,
+        .cpus = json_number_value(json_object_get(in->spec, "cpus")),
+        .mem_bytes = (int64_t)(json_number_value(json_object_get(in->spec, "mem")) * 1024 * 1024),
+    };
+    int rc = engine_app_start(a->loop, &o, &in->engine, &err);
+    free(listen);
+    launch_strv_free(argv);
+    if (rc) {
+        inst_fail_start(in, err.msg);
+        return;
+    }
+    if (in->pool_pin && engine_app_pin(in->engine, in->pool_pin, &err))
+        log_warn("agent", "instance %s: poolPin %d: %s", in->id, in->pool_pin, err.msg);
+    in->healthy = 1;
+    inst_set_quiet(in, INST_RUNNING, "worker engine started");
+    inst_set(in, INST_HEALTHY, "worker pool serving invocations on port %d",
+             engine_app_port(in->engine));
+}
+
+static void inst_engine_stopped(void *data)
+{
+    inst_t *in = data;
+    in->engine = NULL;
+    inst_release_ports(in);
+    inst_set(in, INST_KILLED, "stopped: worker pool terminated");
+    agent_inst_remove(in->agent, in);
+}
+
+/* The end of a drain: SIGTERM for a process, terminate for a pool. */
+static void inst_end(inst_t *in)
+{
+    if (in->proc)
+        inst_terminate(in);
+    else if (in->engine)
+        engine_app_stop(in->engine, false, inst_engine_stopped, in);
 }
 
 /* The monitor forks the app a moment after it starts; reports and health
@@ -733,8 +845,7 @@ static void inst_drained(uint64_t revision, size_t confirmed, size_t pending,
     } else if (confirmed) {
         inst_set(in, INST_KILLING, "stopping; removal confirmed by %zu router(s)", confirmed);
     }
-    if (in->proc)
-        inst_terminate(in);
+    inst_end(in);
 }
 
 void inst_drain(inst_t *in)
@@ -752,7 +863,7 @@ void inst_drain(inst_t *in)
         in->draining = false;
         free(ctx->id);
         free(ctx);
-        inst_terminate(in);
+        inst_end(in);
     }
 }
 
@@ -772,7 +883,7 @@ void inst_stop(inst_t *in, const char *reason)
         inst_set(in, INST_KILLING, "%s (waiting for its artifact download)", reason);
         return; /* inst_fetched finishes the stop */
     }
-    if (!in->proc) {
+    if (!in->proc && !in->engine) {
         inst_release_ports(in);
         inst_set(in, INST_KILLED, "%s", reason);
         agent_inst_remove(in->agent, in);
@@ -803,6 +914,13 @@ int inst_adopt(inst_t *in)
     in->spec = json_incref(json_object_get(meta, "spec"));
     if (!in->spec)
         in->spec = json_object();
+    if (inst_is_worker(in)) {
+        /* an engine lives in the agent: its workers lost their socket with
+         * it; the instance starts afresh when assigned again (its engine
+         * clears what the old workers left) */
+        json_decref(meta);
+        return -ECHILD;
+    }
     free(in->app);
     in->app = xstrdup(json_str(meta, "app") ? json_str(meta, "app") : "");
     in->version = json_integer_value(json_object_get(meta, "version"));

@@ -1,11 +1,13 @@
 /* The agent's own HTTP endpoint: instance logs, read from the files the
- * isolate's monitor writes. The API redirects `drover logs` here, so log
+ * isolate's monitor writes, and the pools and crashlogs of worker
+ * instances (their engines). The API redirects `drover logs` here, so log
  * bytes go from the node to the reader without passing through the server.
  * File reads run on the thread pool; the loop only moves buffers. */
 #include "agent/agent_internal.h"
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "core/str.h"
 
@@ -231,10 +233,111 @@ static void logs_handle(agent_t *a, http_req_t *req, const char *id)
     logs_tick(&c->timer);
 }
 
+/* ---- worker pools: /v1/instances/<id>/pool and /crashlogs ---- */
+
+static void pool_reply_json(agent_t *a, http_req_t *req, int status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    size_t len = strlen(text);
+    http_header_t h[] = {{"Content-Type", "application/json"}, {"X-Drover-Node", a->node_id}};
+    http_respond(req, status, h, 2, text, len);
+    free(text);
+    json_decref(body);
+}
+
+static void pool_error(agent_t *a, http_req_t *req, int status, const char *msg)
+{
+    pool_reply_json(a, req, status, json_pack("{s:s}", "error", msg));
+}
+
+/* GET pool (status), POST pool {"workers": N} (pin on this node), GET
+ * crashlogs (list), GET crashlogs/<id> (text). `rest` is what follows
+ * /v1/instances/<id>/. */
+static void pool_handle(agent_t *a, http_req_t *req, const char *id, const char *rest)
+{
+    inst_t *in = NULL;
+    for (inst_t *i = a->insts; i; i = i->next)
+        if (!strcmp(i->id, id))
+            in = i;
+    if (!in) {
+        pool_error(a, req, 404, "no such instance on this node");
+        return;
+    }
+    if (!inst_is_worker(in)) {
+        pool_error(a, req, 404, "not a worker instance (its app has no \"kind\": \"worker\")");
+        return;
+    }
+    bool post = !strcmp(req->method, "POST");
+    if (!strcmp(rest, "pool") && post) {
+        err_t err = {0};
+        json_t *body = json_parse(req->body, req->body_len, &err);
+        json_t *w = json_object_get(body, "workers");
+        if (!json_is_integer(w) || json_integer_value(w) < 0 || json_integer_value(w) > 1000000) {
+            json_decref(body);
+            pool_error(a, req, 400, "workers: expected an integer >= 0 (0: automatic)");
+            return;
+        }
+        int n = (int)json_integer_value(w);
+        json_decref(body);
+        if (!in->engine) {
+            in->pool_pin = n;
+            pool_error(a, req, 409, "the worker pool is not running (it is starting or stopping)");
+            return;
+        }
+        if (inst_pool_pin(in, n, &err)) {
+            pool_error(a, req, 400, err.msg);
+            return;
+        }
+        pool_reply_json(a, req, 200, engine_app_status(in->engine));
+        return;
+    }
+    if (post) {
+        pool_error(a, req, 405, "method not allowed");
+        return;
+    }
+    if (!in->engine) {
+        pool_error(a, req, 409, "the worker pool is not running (it is starting or stopping)");
+        return;
+    }
+    if (!strcmp(rest, "pool")) {
+        pool_reply_json(a, req, 200, engine_app_status(in->engine));
+    } else if (!strcmp(rest, "crashlogs")) {
+        pool_reply_json(a, req, 200, engine_app_crashlogs(in->engine));
+    } else if (str_has_prefix(rest, "crashlogs/")) {
+        size_t len = 0;
+        char *text = engine_app_crashlog(in->engine, rest + strlen("crashlogs/"), &len);
+        if (!text) {
+            pool_error(a, req, 404, "no such crashlog");
+            return;
+        }
+        http_header_t h[] = {{"Content-Type", "text/plain; charset=utf-8"},
+                             {"X-Drover-Node", a->node_id}};
+        http_respond(req, 200, h, 2, text, len);
+        free(text);
+    } else {
+        pool_error(a, req, 404, "no such path on the agent");
+    }
+}
+
 void agent_http_handle(http_req_t *req, void *data)
 {
     agent_t *a = data;
     const char *p = req->path;
+    if (str_has_prefix(p, "/v1/instances/") && !str_has_suffix(p, "/logs")) {
+        const char *id = p + strlen("/v1/instances/");
+        const char *slash = strchr(id, '/');
+        if (slash && (!strcmp(slash + 1, "pool") || !strcmp(slash + 1, "crashlogs") ||
+                      str_has_prefix(slash + 1, "crashlogs/"))) {
+            char *iid = xstrndup(id, (size_t)(slash - id));
+            if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD") &&
+                strcmp(req->method, "POST"))
+                logs_reply(req, 405, "method not allowed");
+            else
+                pool_handle(a, req, iid, slash + 1);
+            free(iid);
+            return;
+        }
+    }
     if (strcmp(req->method, "GET") && strcmp(req->method, "HEAD")) {
         logs_reply(req, 405, "method not allowed");
         return;

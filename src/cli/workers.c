@@ -38,7 +38,8 @@ void cli_pool_workers_text(const json_t *by_state, char *out, size_t n)
     json_t *v;
     json_object_foreach((json_t *)by_state, state, v)
     {
-        if (!json_is_integer(v) || json_integer_value(v) <= 0 || w >= n)
+        if (!json_is_integer(v) || json_integer_value(v) <= 0 || w >= n ||
+            strcmp(state, "total") == 0)
             continue;
         int k = snprintf(out + w, n - w, "%s%lld %s", w ? ", " : "",
                          (long long)json_integer_value(v), state);

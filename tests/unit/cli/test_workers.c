@@ -62,7 +62,7 @@ static void test_workers_text(void **state)
     (void)state;
     char out[64];
     json_error_t e;
-    json_t *j = json_loads("{\"active\": 3, \"spawning\": 1, \"sealing\": 0}", 0, &e);
+    json_t *j = json_loads("{\"active\": 3, \"spawning\": 1, \"sealing\": 0, \"total\": 4}", 0, &e);
     cli_pool_workers_text(j, out, sizeof(out));
     assert_string_equal(out, "3 active, 1 spawning");
     json_decref(j);
