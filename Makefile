@@ -50,8 +50,75 @@ TEST_DEPS_gateway := locator http spec
 
 # ---- worker SDK (include/drover/worker.h, lib/worker/) and its examples ----
 # (owned by the SDK work; keep other rules out of this block)
+# The SDK is a public library: it sees include/ and its own lib/worker/
+# headers only (no -Isrc), links libc and libmsgpackc, nothing else.
+SDK_SRC := $(sort $(wildcard lib/worker/*.c))
+SDK_CFLAGS := -std=c17 -D_GNU_SOURCE -Iinclude -Ilib/worker $(WARN) -MMD -MP \
+	$(shell pkg-config --cflags msgpack 2>/dev/null)
+SDK_LIBS := $(shell pkg-config --libs msgpack 2>/dev/null || echo -lmsgpackc)
+SDK_REL_OBJ := $(patsubst lib/worker/%.c,build/sdk/rel/%.o,$(SDK_SRC))
+SDK_ASAN_OBJ := $(patsubst lib/worker/%.c,build/sdk/asan/%.o,$(SDK_SRC))
+SDK_LIB := build/lib/libdrover-worker.a
+SDK_ASAN_LIB := build/lib/asan/libdrover-worker.a
+SDK_EXAMPLES := echo http
+SDK_EXAMPLE_BIN := $(patsubst %,bin/examples/%-worker,$(SDK_EXAMPLES))
+SDK_ASAN_EXAMPLE_BIN := $(patsubst %,build/asan/examples/%-worker,$(SDK_EXAMPLES))
+SDK_TEST_SRC := $(sort $(wildcard tests/unit/sdk/test_*.c))
+SDK_TEST_BIN := $(patsubst tests/unit/sdk/%.c,build/asan/tests/unit/sdk/%,$(SDK_TEST_SRC))
 # SDK_ALL: what `make check` and `make demo` build besides the drover binaries.
-SDK_ALL :=
+SDK_ALL := $(SDK_LIB) $(SDK_ASAN_LIB) $(SDK_EXAMPLE_BIN) $(SDK_ASAN_EXAMPLE_BIN) $(SDK_TEST_BIN)
+
+.PHONY: sdk
+sdk: $(SDK_ALL)
+
+build/sdk/rel/%.o: lib/worker/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(SDK_CFLAGS) -O2 -g -c -o $@ $<
+
+build/sdk/asan/%.o: lib/worker/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $< (asan)"
+	$(Q)$(CC) $(SDK_CFLAGS) $(ASAN_CFLAGS) -c -o $@ $<
+
+$(SDK_LIB): $(SDK_REL_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(SDK_ASAN_LIB): $(SDK_ASAN_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# examples/workers/<name>-c/main.c -> bin/examples/<name>-worker (release)
+# and build/asan/examples/<name>-worker (the integration tests prefer it).
+$(SDK_EXAMPLE_BIN): bin/examples/%-worker: examples/workers/%-c/main.c $(SDK_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(SDK_CFLAGS) -O2 -g -o $@ $< $(SDK_LIB) $(SDK_LIBS)
+
+$(SDK_ASAN_EXAMPLE_BIN): build/asan/examples/%-worker: examples/workers/%-c/main.c $(SDK_ASAN_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@ (asan)"
+	$(Q)$(CC) $(SDK_CFLAGS) $(ASAN_CFLAGS) -o $@ $< $(SDK_ASAN_LIB) $(SDK_LIBS)
+
+# Static pattern rule: it beats the generic build/asan/tests/unit/% rule,
+# which would link src/core instead of the SDK.
+$(SDK_TEST_BIN): build/asan/tests/unit/sdk/%: tests/unit/sdk/%.c $(SDK_ASAN_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  TEST    $@"
+	$(Q)$(CC) $(SDK_CFLAGS) $(ASAN_CFLAGS) -Itests/unit -o $@ $< $(SDK_ASAN_LIB) $(SDK_LIBS) -lcmocka
+
+# The HTTP request decoder's fuzz target links the SDK, not src/.
+build/fuzz/fuzz_sdk_http: fuzz/fuzz_sdk_http.c $(SDK_SRC)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ    $@"
+	$(Q)clang -std=c17 -D_GNU_SOURCE -Iinclude -Ilib/worker -g -O1 \
+	  -fsanitize=fuzzer,address,undefined -o $@ $^ $(SDK_LIBS)
+
+-include $(SDK_REL_OBJ:.o=.d) $(SDK_ASAN_OBJ:.o=.d) $(SDK_TEST_BIN:=.d) \
+	$(SDK_EXAMPLE_BIN:=.d) $(SDK_ASAN_EXAMPLE_BIN:=.d)
 # ---- end of worker SDK block ----
 mod_objs = $(filter build/asan/src/core/% $(foreach m,$(1) $(TEST_DEPS_$(1)),build/asan/src/$(m)/%),$(ASAN_LIB_OBJ))
 
@@ -131,7 +198,7 @@ FUZZ_FLAGS := -std=c17 -D_GNU_SOURCE -Isrc -Iinclude -g -O1 -fsanitize=fuzzer,ad
 # Fuzz targets link src/core plus the module named after the first word of
 # the target (fuzz_http_request.c -> src/http) and the modules in
 # FUZZ_DEPS_<module> (the cli targets stub what they call instead).
-FUZZ_DEPS_agent := isolate http spec locator
+FUZZ_DEPS_agent := isolate http spec locator engine
 FUZZ_DEPS_gateway := locator http spec
 fuzz_mod = $(word 2,$(subst _, ,$(1)))
 fuzz-build: $(FUZZ_BIN)
