@@ -30,6 +30,7 @@ static const cli_verb_t cli_verbs[] = {
     {"status", cli_cmd_status},
     {"group", cli_cmd_group},
     {"resolve", cli_cmd_resolve},
+    {"invoke", cli_cmd_invoke}, /* invoke.c */
     /* deployments.c */
     {"deployments", cli_cmd_deployments},
     {"deployment", cli_cmd_deployment},
@@ -81,6 +82,7 @@ void cli_usage(FILE *out)
           "  logs APP|INSTANCE        print an instance's output (-f follows; --tail N)\n"
           "  nodes                    list the node agents and their resources\n"
           "  resolve NAME             ask a node's locator where NAME runs (--locator HOST:PORT)\n"
+          "  invoke APP EVENT [DATA|-] invoke a worker app once, print the reply (--timeout MS)\n"
           "\n"
           "Config:\n"
           "  kv get KEY               print a value (--index/--wait block for a change)\n"

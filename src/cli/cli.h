@@ -400,6 +400,8 @@ int cli_cmd_apps(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_group(cli_ctx_t *ctx, int argc, char **argv);
 /* Ask a node's locator (src/cli/resolve.c). */
 int cli_cmd_resolve(cli_ctx_t *ctx, int argc, char **argv);
+/* One invocation of a worker app (src/cli/invoke.c). */
+int cli_cmd_invoke(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_app(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_versions(cli_ctx_t *ctx, int argc, char **argv);
 int cli_cmd_deploy(cli_ctx_t *ctx, int argc, char **argv);

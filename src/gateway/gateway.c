@@ -300,6 +300,9 @@ static int build_entry(const loc_entry_t *e, void *data)
     for (size_t i = 0; i < e->n; i++)
         eps[i] = (gw_endpoint_in_t){e->eps[i].host, e->eps[i].port};
     gw_builder_pool(c->b, e->name, eps, e->n);
+    /* a worker app's endpoints are its invocation services (gateway/bridge.h) */
+    if (e->api && strcmp(e->api, "worker") == 0)
+        gw_builder_pool_worker(c->b, e->name);
     if (eps != stack)
         free(eps);
     if (!e->attrs_len)

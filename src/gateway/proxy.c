@@ -61,6 +61,7 @@ gw_wslot_t *gw_slot_get(gw_wslot_t *embedded, gw_slot_dir_t dir, void *owner)
     s->src_c = NULL;
     s->src_u = NULL;
     s->dnext = NULL;
+    s->done = NULL;
     return s;
 }
 
@@ -224,6 +225,7 @@ static void thread_install(gw_thread_t *t, gw_snapshot_t *s)
         }
     }
     gw_pool_sweep(t, s);
+    gw_bridge_sweep(t, s); /* worker bridge connections (bridge.c) */
 }
 
 /* ---- metrics and access log ------------------------------------------------- */
@@ -594,6 +596,7 @@ static void thread_stop(gw_thread_t *t)
         c = next;
     }
     gw_pool_close_all(t);
+    gw_bridge_close_all(t); /* worker bridge connections (bridge.c) */
     uv_close((uv_handle_t *)&t->async, NULL);
     uv_close((uv_handle_t *)&t->accept_timer, NULL);
     uv_close((uv_handle_t *)&t->idle, NULL);
@@ -680,6 +683,7 @@ static void thread_free_common(gw_thread_t *t)
     buf_free(&t->log);
     free(t->hs);
     free(t->tls_scratch);
+    gw_bridge_thread_free(t); /* worker bridge (bridge.c) */
 }
 
 static void apply_defaults(gw_proxy_opts_t *o)
@@ -903,12 +907,6 @@ int gw_proxy_https_port(const gw_proxy_t *p)
     return p ? p->https_port : -1;
 }
 
-void gw_proxy_set_worker_hook(gw_proxy_t *p, gw_worker_hook_fn fn, void *data)
-{
-    p->worker_fn = fn;
-    p->worker_data = data;
-}
-
 static void proxy_stop_threads(gw_proxy_t *p)
 {
     if (!p->running)
@@ -1098,6 +1096,7 @@ void gw_proxy_metrics(gw_proxy_t *p, buf_t *out)
                          "# TYPE drover_gateway_tls_errors_total counter\n"
                          "drover_gateway_tls_errors_total %llu\n",
                          (unsigned long long)tlsc, (unsigned long long)tlse);
+    gw_bridge_metrics(p, out); /* worker bridge outcomes (bridge.c) */
     uv_mutex_lock(&p->lock);
     gw_snapshot_t *s = p->snap;
     if (s)

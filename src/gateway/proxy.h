@@ -120,21 +120,6 @@ void gw_proxy_drain(gw_proxy_t *p, uint64_t timeout_ms);
 /* Stop the threads if still running and free everything. NULL is ignored. */
 void gw_proxy_free(gw_proxy_t *p);
 
-/* Worker routes (GW_ROUTE_WORKER): the bridge to worker apps is another
- * module. Until it sets this hook such requests get 501. The hook is
- * called on a proxy thread with the request's head; it is set once before
- * gw_proxy_start. (Shape to be settled with the bridge; kept minimal.) */
-typedef struct gw_worker_req {
-    const gw_route_t *route;
-    const char *method;
-    const char *target;
-    size_t target_len;
-} gw_worker_req_t;
-/* Return an HTTP status to answer with (the proxy writes a short error
- * body), or 0 once the hook takes over (not supported yet). */
-typedef int (*gw_worker_hook_fn)(const gw_worker_req_t *req, void *data);
-void gw_proxy_set_worker_hook(gw_proxy_t *p, gw_worker_hook_fn fn, void *data);
-
 /* ---- detached mode (fuzzing, tests) -------------------------------------- *
  * A detached proxy has no threads, loops or sockets: a client connection is
  * fed bytes by the caller and its output collects in memory, through the

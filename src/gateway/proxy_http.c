@@ -592,9 +592,12 @@ void gw_client_write_done(gw_client_t *c, gw_wslot_t *s, int status)
 {
     gw_upstream_t *u = s->src_u;
     bool close_after = s->close_after;
+    void (*done)(gw_wslot_t *, int) = s->done;
     s->src_u = NULL;
     gw_slot_free(s);
     c->wpending--;
+    if (done)
+        done(s, status); /* a worker bridge slot (bridge.c): its bytes are out */
     if (u) {
         u->in_locks--;
         if (u->c == c && !c->closing)
@@ -1117,6 +1120,7 @@ typedef struct head_info {
     const char *reqid;
     size_t reqid_len;
     bool upgrade_hdr;
+    bool worker_app; /* X-Drover-App: the worker bridge routes it (bridge.c) */
 } head_info_t;
 
 /* Append the rewritten request head for the backend to c->hdr. */
@@ -1340,6 +1344,8 @@ static void client_handle_head(gw_client_t *c, size_t head_len)
         } else if (NAME_IS(n, h->name_len, "x-request-id")) {
             hi.reqid = c->in + h->val;
             hi.reqid_len = h->val_len;
+        } else if (h->name_len == 12 && NAME_IS(n, h->name_len, "x-drover-app")) {
+            hi.worker_app = true;
         }
     }
     if (hi.n_host > 1) {
@@ -1388,6 +1394,13 @@ static void client_handle_head(gw_client_t *c, size_t head_len)
         gw_client_respond(c, 503, "no route table loaded yet");
         return;
     }
+    /* X-Drover-App names a worker app directly (docs/gateway.md, "Worker
+     * apps"): the bridge takes the request, whatever the routes say */
+    if (hi.worker_app && !c->internal) {
+        c->body_limit = p->o.max_body_bytes;
+        gw_bridge_start(c, snap, NULL, target, target_len, hi.host, hi.host_len);
+        return;
+    }
     const gw_route_t *r;
     if (c->internal)
         r = gw_snapshot_internal_route(snap, c->port);
@@ -1410,14 +1423,8 @@ static void client_handle_head(gw_client_t *c, size_t head_len)
         return;
     }
     if (r->kind == GW_ROUTE_WORKER) {
-        int st = 501;
-        if (p->worker_fn) {
-            gw_worker_req_t wr = {r, c->log_method, target, target_len};
-            st = p->worker_fn(&wr, p->worker_data);
-        }
-        if (st == 0)
-            st = 501;
-        gw_client_respond(c, st, "worker routes are not served yet (%s)", r->app);
+        /* HTTP over invocation (gateway/bridge.c) */
+        gw_bridge_start(c, snap, r, target, target_len, hi.host, hi.host_len);
         return;
     }
     if (r->kind == GW_ROUTE_TCP) {
@@ -1520,7 +1527,12 @@ static void client_process(gw_client_t *c)
         client_handle_head(c, head_len);
         break;
     }
-    case CS_BODY: client_pump_body(c); break;
+    case CS_BODY:
+        if (c->inv)
+            gw_bridge_client_bytes(c); /* a worker app's request body (bridge.c) */
+        else
+            client_pump_body(c);
+        break;
     case CS_TUNNEL: gw_tunnel_client_bytes(c); break;
     default: break;
     }
@@ -2145,10 +2157,17 @@ static void client_finish_response(gw_client_t *c)
         gw_client_read_update(c);
 }
 
+void gw_client_finish_response(gw_client_t *c)
+{
+    client_finish_response(c);
+}
+
 /* Account the request and let go of what it held. */
 void gw_client_end_request(gw_client_t *c)
 {
     gw_thread_t *t = c->t;
+    if (c->inv)
+        gw_bridge_detach(c); /* the worker bridge lets go of its invocation */
     if (c->status && !c->logged) {
         gw_metrics_request(t, c);
         if (t->p->o.access_log)

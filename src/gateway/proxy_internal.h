@@ -20,6 +20,7 @@
 #define DROVER_GATEWAY_PROXY_INTERNAL_H
 
 #include "core/buf.h"
+#include "gateway/bridge.h"
 #include "gateway/proxy.h"
 #include "gateway/routes.h"
 #include "gateway/tls.h"
@@ -65,6 +66,10 @@ typedef struct gw_wslot {
     struct gw_wslot *dnext; /* deferred completion queue */
     struct gw_wslot *tnext; /* TLS client: slots waiting to be encrypted and sent */
     int dstatus;            /* status of a deferred completion */
+    /* Called by gw_client_write_done after the slot is released, for slots
+     * the worker bridge embeds in its own objects (gateway/bridge.c), which
+     * learn that way that their bytes are out; NULL otherwise. */
+    void (*done)(struct gw_wslot *s, int status);
     uv_buf_t iov[GW_IOV_MAX];
     char hex[GW_HEX_MAX][20];
 } gw_wslot_t;
@@ -117,6 +122,7 @@ typedef struct gw_tmetrics {
     atomic_uint_fast64_t conns_total, conns_active;
     atomic_uint_fast64_t up_conns, up_reused, retries, tcp_sessions;
     atomic_uint_fast64_t tls_conns, tls_errors;
+    atomic_uint_fast64_t bridged[GW_BRIDGE_N_OUTCOMES]; /* worker bridge outcomes (bridge.c) */
 } gw_tmetrics_t;
 
 /* A listening socket watched with uv_poll (we accept ourselves). */
@@ -171,6 +177,7 @@ struct gw_thread {
     char *tls_scratch;    /* ciphertext lands here, then goes to gw_tls_feed (HTTPS only) */
     gw_client_t *tls_due; /* TLS clients whose decrypted input is to be pulled again */
     char date[40];
+    struct gw_bridge *bridge; /* worker bridge connections (bridge.c); created on first use */
 };
 
 struct gw_upstream {
@@ -283,6 +290,8 @@ struct gw_client {
     size_t tls_woff;                  /* ...and offset in it */
     size_t tls_wlen;                  /* bytes of tls_wreq */
     uv_write_t tls_wreq;
+    /* the worker bridge's invocation of the current request (bridge.c), or NULL */
+    struct gw_binv *inv;
     /* kept over reuse from the spare list (see gw_client_new) */
     gw_wslot_t slot;
 };
@@ -312,8 +321,6 @@ struct gw_proxy {
     uint64_t snap_gen;
     atomic_bool draining;
     atomic_bool stopping;
-    gw_worker_hook_fn worker_fn;
-    void *worker_data;
     atomic_uint_fast64_t snap_swaps;
     atomic_uint_fast64_t notified_rev; /* last revision reported to on_applied */
 };
@@ -359,6 +366,9 @@ void gw_client_set_deadline(gw_client_t *c, uint64_t ms, int kind);
 void gw_client_respond(gw_client_t *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void gw_client_end_request(gw_client_t *c);
+/* The response is fully queued to the client: account the request, then
+ * close or go on with the next one (the worker bridge's end of response). */
+void gw_client_finish_response(gw_client_t *c);
 /* End the bytes to the client (FIN, or close_notify over TLS) and keep
  * reading from it: a tunnel whose backend ended its direction. */
 void gw_client_shut_write(gw_client_t *c);

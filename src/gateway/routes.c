@@ -344,6 +344,28 @@ const gw_pool_t *const *gw_snapshot_pools(const gw_snapshot_t *s, size_t *n)
     return s->pools;
 }
 
+/* Pools are sorted by name (gw_builder_finish); names may hold any byte
+ * but NUL, so a length-bounded compare finds the exact one. */
+const gw_pool_t *gw_snapshot_pool(const gw_snapshot_t *s, const char *name, size_t name_len)
+{
+    size_t lo = 0, hi = s ? s->n_pools : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *pn = s->pools[mid]->name;
+        size_t pl = strlen(pn);
+        int c = memcmp(pn, name, pl < name_len ? pl : name_len);
+        if (c == 0)
+            c = pl < name_len ? -1 : pl > name_len ? 1 : 0;
+        if (c == 0)
+            return s->pools[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
 const gw_pool_t *gw_route_pool(const gw_snapshot_t *s, const gw_route_t *r, const void *seed,
                                size_t seed_len)
 {
@@ -517,6 +539,13 @@ static gw_pool_t *builder_find_pool(gw_builder_t *b, const char *name)
         if (strcmp(b->pools[i]->name, name) == 0)
             return b->pools[i];
     return NULL;
+}
+
+void gw_builder_pool_worker(gw_builder_t *b, const char *name)
+{
+    gw_pool_t *p = builder_find_pool(b, name);
+    if (p)
+        p->worker = true;
 }
 
 void gw_builder_pool(gw_builder_t *b, const char *name, const gw_endpoint_in_t *eps, size_t n)

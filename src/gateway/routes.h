@@ -78,6 +78,7 @@ typedef struct gw_pool {
     gw_backend_t **b; /* sorted by name; n may be 0 (the app has no healthy instance) */
     size_t n;
     atomic_uint rr; /* round-robin cursor (shared; wraps) */
+    bool worker;    /* a worker app's invocation services (api "worker"; gateway/bridge.h) */
 } gw_pool_t;
 
 typedef struct gw_group gw_group_t;
@@ -137,6 +138,10 @@ const gw_pool_t *const *gw_snapshot_pools(const gw_snapshot_t *s, size_t *n);
 const gw_pool_t *gw_route_pool(const gw_snapshot_t *s, const gw_route_t *r, const void *seed,
                                size_t seed_len);
 
+/* The pool called `name` (exact), or NULL (for X-Drover-App, which names
+ * a worker app rather than a route). */
+const gw_pool_t *gw_snapshot_pool(const gw_snapshot_t *s, const char *name, size_t name_len);
+
 /* Pick a backend of pool p by `balance`, skipping backends ejected at
  * now_ms and `exclude` (the backend a retry failed on; may be NULL). With
  * every backend ejected it picks the one whose ejection ends first (better
@@ -191,6 +196,9 @@ gw_builder_t *gw_builder_new(const gw_snapshot_t *prev);
 /* Define a pool; a name defined twice keeps the second. Endpoints that
  * are not numeric addresses are skipped (logged). */
 void gw_builder_pool(gw_builder_t *b, const char *name, const gw_endpoint_in_t *eps, size_t n);
+/* Mark the pool `name` (defined before; otherwise nothing happens) as a
+ * worker app's invocation services, the only pools X-Drover-App reaches. */
+void gw_builder_pool_worker(gw_builder_t *b, const char *name);
 /* Define a routing group over pool names (members need not exist yet; a
  * member with no pool gets no traffic: gw_route_pool returns NULL when
  * picked). -EINVAL when ketama refuses the members (err says why). */
