@@ -1360,6 +1360,11 @@ static const char *req_header(const gw_client_t *c, const char *name, size_t *le
     return NULL;
 }
 
+static void bridge_begin(gw_client_t *c, const gw_pool_t *pool, gw_balance_t balance,
+                         const char *app, size_t app_len, const char *ev, size_t ev_len,
+                         const char *target, size_t target_len, const char *host,
+                         size_t host_len);
+
 void gw_bridge_start(gw_client_t *c, const gw_snapshot_t *snap, const gw_route_t *route,
                      const char *target, size_t target_len, const char *host, size_t host_len)
 {
@@ -1405,6 +1410,60 @@ void gw_bridge_start(gw_client_t *c, const gw_snapshot_t *snap, const gw_route_t
             return;
         }
     }
+    bridge_begin(c, pool, balance, app, app_len, ev, ev_len, target, target_len, host, host_len);
+}
+
+/* The path form, /<app>/<event>/<rest>: app ids hold slashes themselves
+ * (/production/resize), so the longest leading run of segments that names
+ * a worker app in the table wins; the segment after it is the event, and
+ * the worker sees /<rest> with the query. Only tried when no route
+ * matched, so routes always take precedence. */
+bool gw_bridge_try_path(gw_client_t *c, const gw_snapshot_t *snap, const char *target,
+                        size_t target_len, const char *host, size_t host_len)
+{
+    if (c->t->detached || !target_len || target[0] != '/')
+        return false;
+    size_t path_len = 0;
+    while (path_len < target_len && target[path_len] != '?')
+        path_len++;
+    const gw_pool_t *pool = NULL;
+    size_t app_len = 0;
+    for (size_t i = 1; i <= path_len && i <= BR_APP_MAX; i++) {
+        if (i < path_len && target[i] != '/')
+            continue;
+        const gw_pool_t *p = gw_snapshot_pool(snap, target, i);
+        if (p && p->worker) {
+            pool = p;
+            app_len = i;
+        }
+    }
+    if (!pool || app_len >= path_len)
+        return false; /* no worker app, or no event after it */
+    size_t ev_off = app_len + 1, ev_end = ev_off;
+    while (ev_end < path_len && target[ev_end] != '/')
+        ev_end++;
+    if (ev_end == ev_off)
+        return false;
+    /* what the worker sees: the rest of the path (at least "/"), query kept */
+    char *rest;
+    if (ev_end < path_len)
+        rest = xstrndup(target + ev_end, target_len - ev_end);
+    else
+        rest = xasprintf("/%.*s", (int)(target_len - ev_end), target + ev_end);
+    bridge_begin(c, pool, GW_BALANCE_ROUNDROBIN, target, app_len, target + ev_off,
+                 ev_end - ev_off, rest, strlen(rest), host, host_len);
+    free(rest);
+    return true;
+}
+
+/* From here on the request is the bridge's, whatever way it named its app:
+ * an invocation is set up, the head packed, a node picked. */
+static void bridge_begin(gw_client_t *c, const gw_pool_t *pool, gw_balance_t balance,
+                         const char *app, size_t app_len, const char *ev, size_t ev_len,
+                         const char *target, size_t target_len, const char *host,
+                         size_t host_len)
+{
+    gw_thread_t *t = c->t;
     if (!name_text_ok(ev, ev_len, BR_EVENT_MAX)) {
         gw_client_respond(c, 400, "invalid event name (1-%d printable characters)", BR_EVENT_MAX);
         return;

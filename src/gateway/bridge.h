@@ -115,6 +115,11 @@ struct gw_route;
 void gw_bridge_start(struct gw_client *c, const struct gw_snapshot *snap,
                      const struct gw_route *route, const char *target, size_t target_len,
                      const char *host, size_t host_len);
+/* No route matched: if the path is /<app>/<event>/<rest> for a worker app
+ * in snap (longest app id wins), the bridge takes the request (true);
+ * false leaves it to the caller's 404. */
+bool gw_bridge_try_path(struct gw_client *c, const struct gw_snapshot *snap, const char *target,
+                        size_t target_len, const char *host, size_t host_len);
 /* More request body bytes are in c->in (state CS_BODY with c->inv). */
 void gw_bridge_client_bytes(struct gw_client *c);
 /* The request ends (answered, or the client is closing): let go of the

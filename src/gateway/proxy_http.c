@@ -1406,6 +1406,12 @@ static void client_handle_head(gw_client_t *c, size_t head_len)
         r = gw_snapshot_internal_route(snap, c->port);
     else
         r = gw_snapshot_match(snap, hi.host, hi.host_len, hi.path, hi.path_len);
+    if (!r && !c->internal) {
+        /* /<app>/<event>/... names a worker app when no route matched */
+        c->body_limit = p->o.max_body_bytes;
+        if (gw_bridge_try_path(c, snap, target, target_len, hi.host, hi.host_len))
+            return;
+    }
     if (!r) {
         if (c->internal)
             gw_client_respond(c, 404, "no route for port %d", c->port);

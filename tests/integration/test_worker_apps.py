@@ -71,6 +71,9 @@ def test_http_workers_through_the_gateway(drover):
         status, _, body = request(port, "GET", "/by-header", "unrouted.local",
                                   headers={"X-Drover-App": app})
         assert status == 200 and json.loads(body)["path"].startswith("/by-header")
+        # the path form /<app>/<event>/<rest>, when no route matches
+        status, _, body = request(port, "GET", f"{app}/http/pathform?a=1", "unrouted.local")
+        assert status == 200 and json.loads(body)["path"].startswith("/pathform"), body
         # an event no handler serves: 404 from the worker's SDK
         status, _, body = request(port, "GET", "/", "unrouted.local",
                                   headers={"X-Drover-App": app, "X-Drover-Event": "nope"})

@@ -994,6 +994,27 @@ static void test_headers_routing(void **state)
 {
     fx_t *f = *state;
     resp_t r = {0};
+    /* the path form /<app>/<event>/<rest> when no route matches: the
+     * worker sees /<rest> with the query */
+    assert_int_equal(
+        request(f->port, "GET /prod/echo/http/echo?q=1 HTTP/1.1\r\nHost: unrouted.test\r\n\r\n",
+                &r),
+        201);
+    assert_true(body_has(&r, "S1 GET /echo?q=1"));
+    assert_int_equal(
+        request(f->port, "GET /prod/echo/other HTTP/1.1\r\nHost: unrouted.test\r\n\r\n", &r),
+        200);
+    assert_true(body_has(&r, "event other"));
+    /* no event after the app, a service, an unknown app: the usual 404 */
+    assert_int_equal(
+        request(f->port, "GET /prod/echo HTTP/1.1\r\nHost: unrouted.test\r\n\r\n", &r), 404);
+    assert_true(body_has(&r, "no route for host"));
+    assert_int_equal(
+        request(f->port, "GET /prod/web/http/x HTTP/1.1\r\nHost: unrouted.test\r\n\r\n", &r),
+        404);
+    assert_int_equal(
+        request(f->port, "GET /prod/nope/http HTTP/1.1\r\nHost: unrouted.test\r\n\r\n", &r),
+        404);
     assert_int_equal(request(f->port,
                              "GET /echo HTTP/1.1\r\nHost: unrouted.test\r\n"
                              "X-Drover-App: /prod/echo\r\n\r\n",
