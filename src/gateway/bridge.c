@@ -1362,8 +1362,7 @@ static const char *req_header(const gw_client_t *c, const char *name, size_t *le
 
 static void bridge_begin(gw_client_t *c, const gw_pool_t *pool, gw_balance_t balance,
                          const char *app, size_t app_len, const char *ev, size_t ev_len,
-                         const char *target, size_t target_len, const char *host,
-                         size_t host_len);
+                         const char *target, size_t target_len, const char *host, size_t host_len);
 
 void gw_bridge_start(gw_client_t *c, const gw_snapshot_t *snap, const gw_route_t *route,
                      const char *target, size_t target_len, const char *host, size_t host_len)
@@ -1450,8 +1449,8 @@ bool gw_bridge_try_path(gw_client_t *c, const gw_snapshot_t *snap, const char *t
         rest = xstrndup(target + ev_end, target_len - ev_end);
     else
         rest = xasprintf("/%.*s", (int)(target_len - ev_end), target + ev_end);
-    bridge_begin(c, pool, GW_BALANCE_ROUNDROBIN, target, app_len, target + ev_off,
-                 ev_end - ev_off, rest, strlen(rest), host, host_len);
+    bridge_begin(c, pool, GW_BALANCE_ROUNDROBIN, target, app_len, target + ev_off, ev_end - ev_off,
+                 rest, strlen(rest), host, host_len);
     free(rest);
     return true;
 }
@@ -1460,8 +1459,7 @@ bool gw_bridge_try_path(gw_client_t *c, const gw_snapshot_t *snap, const char *t
  * an invocation is set up, the head packed, a node picked. */
 static void bridge_begin(gw_client_t *c, const gw_pool_t *pool, gw_balance_t balance,
                          const char *app, size_t app_len, const char *ev, size_t ev_len,
-                         const char *target, size_t target_len, const char *host,
-                         size_t host_len)
+                         const char *target, size_t target_len, const char *host, size_t host_len)
 {
     gw_thread_t *t = c->t;
     if (!name_text_ok(ev, ev_len, BR_EVENT_MAX)) {
