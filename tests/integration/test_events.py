@@ -5,6 +5,12 @@ import time
 from conftest import seed_spec
 
 
+# The scheduler's own events (deployment progress, placement verdicts such
+# as "app.waiting" while an app is not placed yet) come at their own pace,
+# interleaved with the changes a test makes; sequence checks skip them.
+SCHED = ("deployment", "app.waiting", "app.placed")
+
+
 class SSE:
     """Minimal SSE reader over a raw socket (so the test sees exact bytes)."""
 
@@ -79,11 +85,10 @@ def test_events_for_app_and_kv_changes(drover):
     # The create is a deployment too; its progress events, and the
     # scheduler's placement verdicts (no agent here: app.waiting), come and
     # go at their own pace, interleaved with the changes made above.
-    sched = ("deployment", "app.waiting", "app.placed")
     assert "deployment" in [e["event"] for e in all_evs]
-    evs = [e for e in all_evs if e["event"] not in sched]
+    evs = [e for e in all_evs if e["event"] not in SCHED]
     while len(evs) < 5:
-        evs += [e for e in s.events(1) if e["event"] not in sched]
+        evs += [e for e in s.events(1) if e["event"] not in SCHED]
     types = [e["event"] for e in evs]
     assert types == ["app.created", "version.created", "kv.put", "kv.deleted", "app.deleted"]
     import json
@@ -114,9 +119,9 @@ def test_resume_with_last_event_id_loses_nothing(drover):
     drover.post("/v1/apps", seed_spec())
     drover.put("/v1/kv/c", "3")
     s2 = SSE(drover.port, headers=f"Last-Event-ID: {first['id']}\r\n")
-    evs = [e for e in s2.events(5) if e["event"] != "deployment"]
+    evs = [e for e in s2.events(5) if e["event"] not in SCHED]
     while len(evs) < 4:
-        evs += [e for e in s2.events(1) if e["event"] != "deployment"]
+        evs += [e for e in s2.events(1) if e["event"] not in SCHED]
     assert [e["event"] for e in evs] == ["kv.put", "app.created", "version.created", "kv.put"]
     s2.close()
     s3 = SSE(drover.port, f"/v1/events?from={first['id']}")
