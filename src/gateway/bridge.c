@@ -117,29 +117,6 @@ static bool name_is(const char *p, size_t n, const char *lit)
     return n == ln && strncasecmp(p, lit, n) == 0;
 }
 
-/* Hop-by-hop headers (RFC 9110 7.6.1): framing is ours on both sides. */
-static bool hop_by_hop(const char *p, size_t n)
-{
-    return name_is(p, n, "connection") || name_is(p, n, "keep-alive") ||
-           name_is(p, n, "proxy-connection") || name_is(p, n, "te") || name_is(p, n, "trailer") ||
-           name_is(p, n, "transfer-encoding") || name_is(p, n, "upgrade");
-}
-
-/* RFC 9110 tchar. */
-static bool token_ok(const char *p, size_t n)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch && memchr(extra, ch, sizeof(extra) - 1))))
-            return false;
-    }
-    return true;
-}
-
 /* RFC 9110 field-value: visible bytes, obs-text, SP and HTAB; no other
  * control byte reaches a client (CR and LF would split the response). */
 static bool value_ok(const char *p, size_t n)
@@ -376,9 +353,9 @@ int gw_bridge_head_build(const void *chunk, size_t len, const gw_bridge_head_opt
             !mp_bytes(&m, &v->p, &v->n))
             return err_set(err, -EPROTO, "response header %llu is not [name, value]",
                            (unsigned long long)i);
-        if (!token_ok(k->p, k->n) || !value_ok(v->p, v->n))
+        if (!gw_http_token_ok(k->p, k->n) || !value_ok(v->p, v->n))
             return err_set(err, -EPROTO, "response header %llu has an invalid %s",
-                           (unsigned long long)i, token_ok(k->p, k->n) ? "value" : "name");
+                           (unsigned long long)i, gw_http_token_ok(k->p, k->n) ? "value" : "name");
         if (name_is(k->p, k->n, "content-length")) {
             uint64_t cl;
             if (!parse_length(v->p, v->n, &cl) || (h->has_length && cl != h->length))
@@ -401,7 +378,7 @@ int gw_bridge_head_build(const void *chunk, size_t len, const gw_bridge_head_opt
     bool cl_done = false;
     for (uint64_t i = 0; i < nh; i++) {
         const span_t *k = &names[i], *v = &vals[i];
-        if (hop_by_hop(k->p, k->n))
+        if (gw_http_hop_by_hop(k->p, k->n))
             continue;
         bool named = false;
         for (uint64_t j = 0; j < nh && has_conn && !named; j++)
@@ -1172,7 +1149,7 @@ static bool req_header_kept(const gw_client_t *c, size_t i)
     const char *base = c->in;
     const char *n = base + hs[i].name;
     size_t nl = hs[i].name_len;
-    if (hop_by_hop(n, nl) || name_is(n, nl, "host") || name_is(n, nl, "content-length") ||
+    if (gw_http_hop_by_hop(n, nl) || name_is(n, nl, "host") || name_is(n, nl, "content-length") ||
         name_is(n, nl, "x-forwarded-for") || name_is(n, nl, "x-forwarded-proto") ||
         name_is(n, nl, "x-forwarded-host") || name_is(n, nl, "x-request-id") ||
         name_is(n, nl, "expect"))

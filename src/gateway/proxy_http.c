@@ -82,7 +82,7 @@ static bool name_is(const char *p, size_t n, const char *lit, size_t litn)
 #define NAME_IS(p, n, lit) name_is((p), (n), lit, sizeof(lit) - 1)
 
 /* Hop-by-hop headers (RFC 9110 7.6.1) plus the framing headers we rewrite. */
-static bool hop_by_hop(const char *p, size_t n)
+bool gw_http_hop_by_hop(const char *p, size_t n)
 {
     switch (n) {
     case 2: return NAME_IS(p, n, "te");
@@ -126,7 +126,7 @@ static bool named_by_connection(const char *base, const gw_hspan_t *hs, size_t n
 
 /* RFC 9110 tchar: http-parser (not built strict) lets spaces through in
  * header names, which a backend might read as a different header. */
-static bool token_ok(const char *p, size_t n)
+bool gw_http_token_ok(const char *p, size_t n)
 {
     static const char extra[] = "!#$%&'*+-.^_`|~";
     if (n == 0)
@@ -1143,7 +1143,7 @@ static int build_request_head(gw_client_t *c, const head_info_t *hi, const char 
         size_t nl = hs[i].name_len;
         const char *v = base + hs[i].val;
         size_t vl = hs[i].val_len;
-        if (hop_by_hop(n, nl)) {
+        if (gw_http_hop_by_hop(n, nl)) {
             if (!(c->upgrade && NAME_IS(n, nl, "upgrade")))
                 continue;
         } else if (NAME_IS(n, nl, "x-forwarded-for")) {
@@ -1331,7 +1331,7 @@ static void client_handle_head(gw_client_t *c, size_t head_len)
     for (size_t i = 0; i < c->nhs; i++) {
         const gw_hspan_t *h = &t->hs[i];
         const char *n = c->in + h->name;
-        if (!token_ok(n, h->name_len)) {
+        if (!gw_http_token_ok(n, h->name_len)) {
             gw_client_respond(c, 400, "invalid character in header name");
             return;
         }
@@ -1823,7 +1823,7 @@ static void build_response_head(gw_client_t *c, gw_upstream_t *u)
     for (size_t i = 0; i < u->nhs; i++) {
         const char *n = base + u->hs[i].name;
         size_t nl = u->hs[i].name_len;
-        if (hop_by_hop(n, nl)) {
+        if (gw_http_hop_by_hop(n, nl)) {
             if (!(c->upgrade && hp->status_code == 101 && NAME_IS(n, nl, "upgrade")))
                 continue;
         } else if (has_conn && named_by_connection(base, u->hs, u->nhs, n, nl)) {
@@ -1929,7 +1929,7 @@ static int resp_on_headers_complete(http_parser *p)
      * (no response splitting, no header the client reads differently) */
     for (size_t i = 0; i < u->nhs; i++) {
         const char *v = u->in + u->hs[i].val;
-        if (!token_ok(u->in + u->hs[i].name, u->hs[i].name_len) ||
+        if (!gw_http_token_ok(u->in + u->hs[i].name, u->hs[i].name_len) ||
             memchr(v, '\0', u->hs[i].val_len) || memchr(v, '\r', u->hs[i].val_len) ||
             memchr(v, '\n', u->hs[i].val_len)) {
             c->bad_response = true;

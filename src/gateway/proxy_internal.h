@@ -373,6 +373,13 @@ void gw_client_finish_response(gw_client_t *c);
  * reading from it: a tunnel whose backend ended its direction. */
 void gw_client_shut_write(gw_client_t *c);
 
+/* Header name checks shared by the HTTP proxy and the worker bridge:
+ * hop-by-hop (RFC 9110 7.6.1, plus the framing headers the gateway
+ * rewrites), and RFC 9110 token characters (http-parser, not built strict,
+ * lets spaces through in names). Case-insensitive where names are. */
+bool gw_http_hop_by_hop(const char *p, size_t n);
+bool gw_http_token_ok(const char *p, size_t n);
+
 /* ---- upstream.c ---- */
 /* A connection to b for c: a pooled idle one (*reused true) or a new one
  * being connected. */
