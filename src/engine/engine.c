@@ -72,6 +72,10 @@ int engine_profile_parse(const json_t *pool, engine_profile_t *p, err_t *err)
         (rc = prof_secs(pool, "terminate-timeout", 10, &p->terminate_ms, err)) ||
         (rc = prof_secs(pool, "request-timeout", 86400, &p->request_ms, err)))
         return rc;
+    const json_t *spare = pool ? json_object_get(pool, "spare") : NULL;
+    if (spare && !json_is_boolean(spare))
+        return err_set(err, -EINVAL, "pool.spare: expected true or false");
+    p->spare = !spare || json_is_true(spare);
     return 0;
 }
 
@@ -264,6 +268,7 @@ int engine_app_start(uv_loop_t *loop, const engine_opts_t *o, engine_app_t **out
              app->name, app->port, app->sock_path, prof.pool_limit, prof.queue_limit,
              prof.concurrency);
     *out = app;
+    app_adjust(app); /* parks the spare */
     return 0;
 fail:
     /* handles are closed and the app freed once they are: stop does it */
@@ -310,7 +315,7 @@ void app_maybe_finish(engine_app_t *app)
     if (!app->stopping)
         return;
     if (!app->finishing) {
-        if (app->workers || app->works)
+        if (app->workers || app->works || app->nspares)
             return;
         app->finishing = true;
         uv_timer_stop(&app->tick);
@@ -340,6 +345,7 @@ void engine_app_stop(engine_app_t *app, bool kill_now, void (*done)(void *data),
         while (app->q_head)
             inv_abort(app->q_head, RPC_ECAT_ENGINE, ESHUTDOWN, true, "app is stopping");
     }
+    app_spare_drop(app);
     /* a second call may ask for kill_now after a graceful first one */
     app->kill_now = app->kill_now || kill_now;
     for (worker_t *w = app->workers, *next; w; w = next) {
@@ -390,8 +396,13 @@ json_t *engine_app_status(const engine_app_t *app)
                   (json_int_t)app->failed, "crashes", (json_int_t)app->crashes, "spawned",
                   (json_int_t)app->spawned);
     uint64_t backoff = app->spawn_after > now ? app->spawn_after - now : 0;
-    return json_pack("{s:s, s:i, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:I, s:o, s:b}", "app",
-                     app->name, "pin", app->pin, "workers", workers, "queue", app->qlen,
+    json_t *spare = app->spare ? json_pack("{s:s, s:i, s:I}", "uuid", app->spare->uuid, "pid",
+                                           (int)app->spare->pid, "since_ms",
+                                           (json_int_t)(now - app->spare->since))
+                               : json_null();
+    return json_pack("{s:s, s:i, s:o, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:I, s:o, s:b}",
+                     "app", app->name, "pin", app->pin, "workers", workers, "spare", spare,
+                     "queue", app->qlen,
                      "queue_limit", app->prof.queue_limit, "pool_limit", app->prof.pool_limit,
                      "concurrency", app->prof.concurrency, "running", app->running, "clients",
                      app->nclients, "totals", totals, "backoff_ms", (json_int_t)backoff,

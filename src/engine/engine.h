@@ -53,6 +53,7 @@ typedef struct engine_profile {
     uint64_t heartbeat_ms;
     uint64_t terminate_ms;
     uint64_t request_ms;
+    bool spare; /* keep one parked, contained worker process while the pool is at zero */
 } engine_profile_t;
 
 /* Fill *out from a pool object (missing fields take the spec defaults;

@@ -100,6 +100,7 @@ struct worker {
     uint64_t kill_at;    /* terminating: SIGKILL at this uv_now */
     bool killed;
     bool failed; /* ends badly (timeout, protocol error): a crash */
+    bool spare;  /* parked before its exec, not in app->workers (pool.c "spares") */
     char why[256];
     worker_t *prev, *next;
 };
@@ -165,6 +166,8 @@ struct engine_app {
     uv_timer_t tick;
     worker_t *workers;
     int nworkers;
+    worker_t *spare; /* the parked one, if any */
+    int nspares;     /* spare processes not yet exited (the parked one and discarded ones) */
     econn_t *conns;
     int nclients;
     inv_t *q_head, *q_tail;
@@ -216,6 +219,8 @@ void app_tick_ensure(engine_app_t *app);
 void app_dispatch(engine_app_t *app);
 void app_adjust(engine_app_t *app);
 void app_maybe_finish(engine_app_t *app);
+/* Kill the parked spare (the app stops, or its spec changed). */
+void app_spare_drop(engine_app_t *app);
 void worker_accept(engine_app_t *app, econn_t *c);
 void inv_enqueue(inv_t *inv);
 /* The engine ends the invocation: error to the client (when its direction

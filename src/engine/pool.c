@@ -6,7 +6,15 @@
  * there is something to time: workers, queued invocations, unattached
  * connections or a client whose output is stuck. Deadlines, heartbeats,
  * handshake/spawn/terminate timeouts and idle shrinking are all checked
- * there, so a thousand invocations cost no timers of their own. */
+ * there, so a thousand invocations cost no timers of their own.
+ *
+ * Spares: while an automatic pool is at zero, one worker process waits
+ * parked (isolate hold: forked, in its cgroups, right before its exec), so
+ * the first request after scale-to-zero starts it with one write instead
+ * of a fresh start, whose move into the cgroups alone costs the kernel an
+ * RCU grace period (10-25 ms). A spare is not a worker: it is not in
+ * app->workers, runs none of the app's code and is not counted in the
+ * pool; taking it makes it an ordinary spawning worker. */
 #include "engine/engine_internal.h"
 
 #include "core/alloc.h"
@@ -292,7 +300,8 @@ static void app_backoff(engine_app_t *app, const worker_t *w)
     app->spawn_after = now + app->backoff_ms;
 }
 
-static int worker_spawn(engine_app_t *app)
+/* A new worker process (held: parked as a spare); NULL with err set. */
+static worker_t *worker_start(engine_app_t *app, bool hold, err_t *err_out)
 {
     err_t err = {0};
     worker_t *w = xcalloc(1, sizeof(*w));
@@ -327,36 +336,101 @@ static int worker_spawn(engine_app_t *app)
         .log_keep = 1,
         .harden = app->harden,
         .on_pid = worker_on_pid,
+        .hold = hold,
     };
+    w->spare = hold;
     int rc = 0;
     if (mkdir(w->dir, 0755) != 0 && errno != EEXIST)
         rc = err_set(&err, -errno, "cannot create %s: %s", w->dir, strerror(errno));
     if (!rc)
         rc = app->iso->start(app->loop, &is, worker_on_exit, w, &w->proc, &err);
     free(argv);
-    app->spawned++;
     if (rc) {
-        log_warn("engine", "%s: cannot start a worker: %s", app->name, err.msg);
         rmdir(w->dir);
         free(w->dir);
         free(w);
+        *err_out = err;
+        return NULL;
+    }
+    return w;
+}
+
+static int worker_spawn(engine_app_t *app)
+{
+    err_t err = {0};
+    worker_t *w = app->spare;
+    if (w) {
+        /* the parked one: one byte and it execs */
+        app->spare = NULL;
+        app->nspares--;
+        w->spare = false;
+        if (app->iso->proceed(w->proc) != 0) {
+            /* it is gone already; its exit ends it as a worker that failed */
+            w->failed = true;
+            snprintf(w->why, sizeof(w->why), "the parked spare ended before it was taken");
+        }
+        worker_set(w, w->pid ? W_HANDSHAKING : W_SPAWNING);
+        log_debug("engine", "%s: spawning worker %s (from the spare)", app->name, w->uuid);
+    } else if (!(w = worker_start(app, false, &err))) {
+        app->spawned++;
+        log_warn("engine", "%s: cannot start a worker: %s", app->name, err.msg);
         app->crashes++;
         app_backoff(app, NULL);
         app_spawn_failed(app, err.msg);
-        return rc;
+        return err.code ? err.code : -EIO;
+    } else {
+        worker_set(w, W_SPAWNING);
+        log_debug("engine", "%s: spawning worker %s", app->name, w->uuid);
     }
-    worker_set(w, W_SPAWNING);
+    app->spawned++;
     worker_link(app, w);
-    log_debug("engine", "%s: spawning worker %s", app->name, w->uuid);
     app_tick_ensure(app);
     return 0;
 }
 
+/* Would the pool park a spare now, time (crash backoff) aside? */
+static bool app_spare_wanted(const engine_app_t *app)
+{
+    return app->prof.spare && app->iso->proceed && !app->stopping && !app->finishing &&
+           !app->spare && !app->pin && !app->workers && !app->q_head;
+}
+
+static void app_spare_ensure(engine_app_t *app)
+{
+    if (!app_spare_wanted(app) || uv_now(app->loop) < app->spawn_after)
+        return;
+    err_t err = {0};
+    worker_t *w = worker_start(app, true, &err);
+    if (!w) {
+        log_warn("engine", "%s: cannot park a spare worker: %s", app->name, err.msg);
+        app_backoff(app, NULL);
+        app_tick_ensure(app);
+        return;
+    }
+    worker_set(w, W_SPAWNING);
+    app->spare = w;
+    app->nspares++;
+    log_debug("engine", "%s: spare worker %s parked", app->name, w->uuid);
+}
+
+void app_spare_drop(engine_app_t *app)
+{
+    worker_t *w = app->spare;
+    if (!w)
+        return;
+    app->spare = NULL; /* its exit callback still counts it in nspares */
+    if (w->proc && !w->killed) {
+        w->killed = true;
+        app->iso->kill_all(w->proc);
+    }
+}
+
 static void worker_on_pid(isolate_proc_t *p, pid_t pid, void *data)
 {
+    (void)p;
     worker_t *w = data;
     w->pid = pid;
-    if (w->state == W_SPAWNING)
+    if (w->state == W_SPAWNING && !w->spare)
         worker_set(w, W_HANDSHAKING);
 }
 
@@ -554,6 +628,46 @@ static void reap_done(uv_work_t *wk, int status)
     app_maybe_finish(app);
 }
 
+static void reap_queue(engine_app_t *app, worker_t *w, bool crash, const char *reason)
+{
+    reap_work_t *r = xcalloc(1, sizeof(*r));
+    r->app = app;
+    r->dir = w->dir;
+    r->crash = crash;
+    r->lines = app->prof.crashlog_limit;
+    r->at_ms = eng_wall_ms();
+    memcpy(r->uuid, w->uuid, sizeof(r->uuid));
+    snprintf(r->reason, sizeof(r->reason), "%s", reason);
+    buf_init(&r->text, 0);
+    r->work.data = r;
+    app->works++;
+    if (uv_queue_work(app->loop, &r->work, reap_run, reap_done) != 0) {
+        app->works--;
+        buf_free(&r->text);
+        free(r->dir);
+        free(r);
+    }
+}
+
+/* A spare ended before anyone took it: dropped on purpose, or it could
+ * not get as far as its hold (a cgroup, the working directory), which a
+ * fresh start would hit too: backoff, as for a crash. */
+static void spare_on_exit(worker_t *w, const isolate_exit_t *how)
+{
+    engine_app_t *app = w->app;
+    if (app->spare == w)
+        app->spare = NULL;
+    app->nspares--;
+    if (!w->killed && !app->stopping) {
+        log_warn("engine", "%s: spare worker %s ended: %s", app->name, w->uuid, how->reason);
+        app_backoff(app, NULL);
+        app_tick_ensure(app);
+    }
+    reap_queue(app, w, false, how->reason);
+    free(w);
+    app_maybe_finish(app);
+}
+
 static void worker_on_exit(isolate_proc_t *p, const isolate_exit_t *how, void *data)
 {
     worker_t *w = data;
@@ -561,6 +675,10 @@ static void worker_on_exit(isolate_proc_t *p, const isolate_exit_t *how, void *d
     app->iso->release(p);
     w->proc = NULL;
     app->iso->cleanup(w->iso_id, w->dir);
+    if (w->spare) {
+        spare_on_exit(w, how);
+        return;
+    }
     bool asked = w->state == W_TERMINATING && !w->failed;
     bool crash = !asked && !app->stopping;
     char reason[300];
@@ -583,23 +701,7 @@ static void worker_on_exit(isolate_proc_t *p, const isolate_exit_t *how, void *d
         app->crashes++;
         app_backoff(app, w);
     }
-    reap_work_t *r = xcalloc(1, sizeof(*r));
-    r->app = app;
-    r->dir = w->dir;
-    r->crash = crash;
-    r->lines = app->prof.crashlog_limit;
-    r->at_ms = eng_wall_ms();
-    memcpy(r->uuid, w->uuid, sizeof(r->uuid));
-    snprintf(r->reason, sizeof(r->reason), "%s", reason);
-    buf_init(&r->text, 0);
-    r->work.data = r;
-    app->works++;
-    if (uv_queue_work(app->loop, &r->work, reap_run, reap_done) != 0) {
-        app->works--;
-        buf_free(&r->text);
-        free(r->dir);
-        free(r);
-    }
+    reap_queue(app, w, crash, reason);
     free(w);
     if (crash && never_active)
         app_spawn_failed(app, reason);
@@ -777,6 +879,7 @@ void app_adjust(engine_app_t *app)
         starting++;
         alive++;
     }
+    app_spare_ensure(app);
 }
 
 static void app_tick(uv_timer_t *t);
@@ -877,7 +980,7 @@ static void app_tick(uv_timer_t *t)
     uint64_t now = uv_now(app->loop);
     app_tick_deadlines(app, now);
     app_tick_workers(app, now);
-    bool busy = app->workers || app->q_head;
+    bool busy = app->workers || app->q_head || app_spare_wanted(app);
     for (econn_t *c = app->conns, *next; c; c = next) {
         next = c->next;
         if (c->kind == ECONN_WORKER && !c->owner) {

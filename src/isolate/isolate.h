@@ -49,6 +49,9 @@ typedef struct isolate_spec {
     int log_keep;         /* rotated files kept per stream (default 3) */
     bool harden; /* pid/mount/ipc/uts namespaces and no_new_privs where the kernel permits */
     isolate_pid_cb on_pid; /* optional: told the app's pid as soon as it is known */
+    /* Park the app, contained and ready, right before its exec until
+     * isolate_ops.proceed (a pre-started spare; see drover-shim --hold-fd). */
+    bool hold;
 } isolate_spec_t;
 
 typedef struct isolate_exit {
@@ -92,6 +95,11 @@ typedef struct isolate_ops {
     /* Remove what the isolate created for an ended instance (cgroups).
      * Logs stay. */
     int (*cleanup)(const char *instance_id, const char *dir);
+    /* Let a held start run its command (0; -EALREADY when it was not held
+     * or was already let go). A held app that is killed or released
+     * instead ends without running anything ("released before it
+     * started"). */
+    int (*proceed)(isolate_proc_t *p);
 } isolate_ops_t;
 
 extern const isolate_ops_t isolate_process_ops;

@@ -14,7 +14,12 @@
  *
  * A shim started here also gets the write end of a pipe (--ready-fd 3) on
  * which it writes the app's pid right after forking it; the agent learns
- * the app runs from that pipe becoming readable, without polling app.pid. */
+ * the app runs from that pipe becoming readable, without polling app.pid.
+ *
+ * A held start (isolate_spec_t.hold) also hands it the read end of a
+ * second pipe (--hold-fd): the app side parks, contained, right before its
+ * exec until proceed writes a byte there; closing the write end instead
+ * (release, kill_all) ends it without running anything. */
 #include "isolate/isolate.h"
 
 #include "core/alloc.h"
@@ -54,6 +59,7 @@ struct isolate_proc {
     uv_timer_t timer; /* retries a signal asked for before app.pid existed */
     uv_poll_t ready;  /* the shim's --ready-fd pipe, while open */
     int ready_fd;     /* -1 when none or closed */
+    int hold_fd;      /* write end of the --hold-fd pipe while held; -1 otherwise */
     bool ready_open;  /* `ready` is initialised and not closed yet */
     char ready_buf[24];
     size_t ready_len;
@@ -381,6 +387,7 @@ static int proc_watch(uv_loop_t *loop, const char *dir, const char *instance_id,
     p->loop = loop;
     p->pidfd = pidfd;
     p->ready_fd = -1;
+    p->hold_fd = -1;
     p->shim_pid = shim_pid;
     p->dir = xstrdup(dir);
     p->instance_id = instance_id ? xstrdup(instance_id) : NULL;
@@ -456,8 +463,12 @@ static int process_probe(err_t *err)
     return 0;
 }
 
+/* The descriptors handed to the shim: --ready-fd at 3, --hold-fd after it. */
+static const char *const proc_child_fd[] = {"3", "4"};
+
 static char **proc_shim_argv(const char *shim, const char *dir, const isolate_spec_t *spec,
-                             char cgroups[CGROUP_NCTRL][256], int ncg, bool ready, char **owned)
+                             char cgroups[CGROUP_NCTRL][256], int ncg, bool ready, bool hold,
+                             char **owned)
 {
     size_t argc = 0;
     while (spec->argv[argc])
@@ -489,7 +500,11 @@ static char **proc_shim_argv(const char *shim, const char *dir, const isolate_sp
         v[i++] = "--harden";
     if (ready) {
         v[i++] = "--ready-fd";
-        v[i++] = "3";
+        v[i++] = (char *)proc_child_fd[0];
+    }
+    if (hold) {
+        v[i++] = "--hold-fd";
+        v[i++] = (char *)proc_child_fd[ready ? 1 : 0];
     }
     v[i++] = "--";
     for (size_t k = 0; k < argc; k++)
@@ -498,12 +513,43 @@ static char **proc_shim_argv(const char *shim, const char *dir, const isolate_sp
     return v;
 }
 
+/* A descriptor of a pipe end for the shim, moved above the slots the
+ * ends are dup2'ed to (3, 4): dup2 onto itself would keep CLOEXEC, and one
+ * sitting in the other's slot would be overwritten. */
+static int proc_fd_high(int fd)
+{
+    if (fd < 0 || fd > 4)
+        return fd;
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 5);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return high;
+}
+
+static void proc_close_pair(int p[2])
+{
+    for (int i = 0; i < 2; i++)
+        if (p[i] >= 0)
+            close(p[i]);
+    p[0] = p[1] = -1;
+}
+
+/* EOF on the hold pipe: a parked app side ends without running. */
+static void proc_unhold(isolate_proc_t *p)
+{
+    if (p->hold_fd >= 0) {
+        close(p->hold_fd);
+        p->hold_fd = -1;
+    }
+}
+
 /* posix_spawn: glibc clones with CLONE_VM|CLONE_VFORK, so starting a shim
  * costs the same whatever the agent's size. The shim gets /dev/null for
  * stdio, no other descriptor, default signal handling and an empty mask,
  * whatever the agent itself has set up. */
-static int proc_spawn(const char *shim, char **argv, char *const *envp, int ready_fd, pid_t *pid,
-                      err_t *err)
+static int proc_spawn(const char *shim, char **argv, char *const *envp, int ready_fd, int hold_fd,
+                      pid_t *pid, err_t *err)
 {
     posix_spawnattr_t attr;
     posix_spawn_file_actions_t fa;
@@ -521,14 +567,14 @@ static int proc_spawn(const char *shim, char **argv, char *const *envp, int read
     posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDWR, 0);
     posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&fa, STDIN_FILENO, STDERR_FILENO);
-    if (ready_fd >= 0) {
-        /* The pipe's ends are CLOEXEC and above 3 (the loop's own
-         * descriptors come first); dup2 to 3 clears the flag. */
-        posix_spawn_file_actions_adddup2(&fa, ready_fd, 3);
-        posix_spawn_file_actions_addclosefrom_np(&fa, 4);
-    } else {
-        posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-    }
+    /* The pipes' ends are CLOEXEC and above the slots they go to
+     * (proc_fd_high); dup2 clears the flag. */
+    int next = 3;
+    if (ready_fd >= 0)
+        posix_spawn_file_actions_adddup2(&fa, ready_fd, next++);
+    if (hold_fd >= 0)
+        posix_spawn_file_actions_adddup2(&fa, hold_fd, next++);
+    posix_spawn_file_actions_addclosefrom_np(&fa, next);
     int rc = posix_spawn(pid, shim, &fa, &attr, argv, envp ? envp : environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
@@ -583,27 +629,37 @@ static int process_start(uv_loop_t *loop, const isolate_spec_t *spec, isolate_ex
         if (mask & (1u << c))
             cgroup_path((cgroup_ctrl_t)c, spec->instance_id, cgroups[ncg++], sizeof(cgroups[0]));
 
-    /* Only for a caller that wants the pid; a pipe whose write end would
-     * land on 3 itself cannot be handed over (dup2 to itself keeps
-     * CLOEXEC), so it does without. */
-    int ready[2] = {-1, -1};
-    if (spec->on_pid && pipe2(ready, O_CLOEXEC | O_NONBLOCK) == 0 && ready[1] == 3) {
-        close(ready[0]);
-        close(ready[1]);
-        ready[0] = ready[1] = -1;
+    /* The ready pipe only for a caller that wants the pid. */
+    int ready[2] = {-1, -1}, hold[2] = {-1, -1};
+    if (spec->on_pid && pipe2(ready, O_CLOEXEC | O_NONBLOCK) == 0)
+        ready[1] = proc_fd_high(ready[1]);
+    if (spec->hold) {
+        if (pipe2(hold, O_CLOEXEC) != 0 || (hold[0] = proc_fd_high(hold[0])) < 0) {
+            rc = err_set(err, -errno, "hold pipe: %s", strerror(errno));
+            proc_close_pair(ready);
+            proc_close_pair(hold);
+            cgroup_remove(spec->instance_id);
+            return rc;
+        }
+        fcntl(hold[1], F_SETFL, O_NONBLOCK);
     }
     char *owned[2] = {NULL, NULL};
-    char **argv = proc_shim_argv(shim, dir, spec, cgroups, ncg, ready[1] >= 0, owned);
+    char **argv =
+        proc_shim_argv(shim, dir, spec, cgroups, ncg, ready[1] >= 0, hold[0] >= 0, owned);
     pid_t pid = 0;
-    rc = proc_spawn(shim, argv, spec->envp, ready[1], &pid, err);
+    rc = proc_spawn(shim, argv, spec->envp, ready[1], hold[0], &pid, err);
     free(argv);
     free(owned[0]);
     free(owned[1]);
     if (ready[1] >= 0)
         close(ready[1]);
+    if (hold[0] >= 0)
+        close(hold[0]);
     if (rc < 0) {
         if (ready[0] >= 0)
             close(ready[0]);
+        if (hold[1] >= 0)
+            close(hold[1]);
         cgroup_remove(spec->instance_id);
         return rc;
     }
@@ -618,6 +674,8 @@ static int process_start(uv_loop_t *loop, const isolate_spec_t *spec, isolate_ex
         int e = errno;
         if (ready[0] >= 0)
             close(ready[0]);
+        if (hold[1] >= 0)
+            close(hold[1]);
         kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
         }
@@ -628,6 +686,8 @@ static int process_start(uv_loop_t *loop, const isolate_spec_t *spec, isolate_ex
                     err);
     if (rc < 0) {
         siginfo_t si;
+        if (hold[1] >= 0)
+            close(hold[1]);
         kill(pid, SIGKILL);
         while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR) {
         }
@@ -635,7 +695,9 @@ static int process_start(uv_loop_t *loop, const isolate_spec_t *spec, isolate_ex
         cgroup_kill_all(spec->instance_id);
         return rc;
     }
-    log_debug("isolate", "started %s (monitor %d) in %s", spec->argv[0], (int)pid, dir);
+    (*out)->hold_fd = hold[1];
+    log_debug("isolate", "started %s (monitor %d) in %s%s", spec->argv[0], (int)pid, dir,
+              spec->hold ? ", held" : "");
     return 0;
 }
 
@@ -702,6 +764,7 @@ static int process_signal(isolate_proc_t *p, int sig)
 
 static int process_kill_all(isolate_proc_t *p)
 {
+    proc_unhold(p);
     int rc = p->instance_id ? cgroup_kill_all(p->instance_id) : 0;
     pid_t pgid = proc_app_pgid(p);
     if (!p->ended) {
@@ -732,6 +795,7 @@ static void process_release(isolate_proc_t *p)
     if (!p || p->released)
         return;
     p->released = true;
+    proc_unhold(p);
     proc_ready_close(p);
     uv_poll_stop(&p->poll);
     uv_timer_stop(&p->timer);
@@ -750,6 +814,19 @@ static int process_cleanup(const char *instance_id, const char *dir)
     return cgroup_remove(instance_id);
 }
 
+static int process_proceed(isolate_proc_t *p)
+{
+    if (p->hold_fd < 0)
+        return -EALREADY;
+    char go = 'g';
+    ssize_t w;
+    while ((w = write(p->hold_fd, &go, 1)) < 0 && errno == EINTR) {
+    }
+    int e = w == 1 ? 0 : errno ? errno : EIO;
+    proc_unhold(p);
+    return -e;
+}
+
 const isolate_ops_t isolate_process_ops = {
     .name = "process",
     .probe = process_probe,
@@ -760,4 +837,5 @@ const isolate_ops_t isolate_process_ops = {
     .pid = process_pid,
     .release = process_release,
     .cleanup = process_cleanup,
+    .proceed = process_proceed,
 };

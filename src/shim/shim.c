@@ -2,7 +2,7 @@
  *
  *   drover-shim --dir DIR [--cwd CWD] --log-max BYTES --log-keep K
  *               [--cgroup /sys/fs/cgroup/CTRL/drover/ID]... [--harden] [--ready-fd N]
- *               -- ARGV...
+ *               [--hold-fd M] -- ARGV...
  *
  * The agent starts it in a session of its own with its environment set to
  * the app's. It forks the app, owns the app's stdout/stderr pipes, writes
@@ -17,6 +17,15 @@
  * With --ready-fd N, the app's pid is also written ("PID\n") to descriptor N
  * (a pipe from the agent) as soon as app.pid is, and N is closed: the agent
  * learns the instance runs without polling app.pid.
+ *
+ * With --hold-fd M, the forked app side does everything up to the exec
+ * (cgroups joined, stdio, namespaces) and then waits for one byte on M
+ * before it execs: a parked, pre-contained process the agent releases the
+ * moment it needs one (a worker app's cold start). The first move into a
+ * cgroup costs the kernel an RCU grace period (10-25 ms, cgroup v1 and v2
+ * alike), which parking takes off the critical path without letting the
+ * app run, even briefly, outside its limits. EOF on M instead of a byte
+ * ends the parked process without running anything ("released").
  *
  * The shim is a separate binary linked against libc only and keeps no large
  * buffers, so one per instance costs little memory (about 100 KB private).
@@ -52,6 +61,7 @@ enum {
     SHIM_FAIL_EXEC = 1,
     SHIM_FAIL_CHDIR = 2,
     SHIM_FAIL_STDIO = 3,
+    SHIM_FAIL_RELEASED = 4,
     SHIM_FAIL_CGROUP = 100, /* + index of the cgroup */
 };
 
@@ -69,6 +79,7 @@ typedef struct shim_opts {
     int ncgroups;
     bool harden;
     int ready_fd; /* -1: none */
+    int hold_fd;  /* -1: none */
     char **argv;
 } shim_opts_t;
 
@@ -94,8 +105,8 @@ static unsigned long long shim_dropped_total;
 static void shim_usage(void)
 {
     static const char msg[] = "usage: drover-shim --dir DIR [--cwd DIR] --log-max BYTES "
-                              "--log-keep K [--cgroup PATH]... [--harden] [--ready-fd N] -- "
-                              "ARGV...\n";
+                              "--log-keep K [--cgroup PATH]... [--harden] [--ready-fd N] "
+                              "[--hold-fd M] -- ARGV...\n";
     if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
         /* nothing left to tell */
     }
@@ -120,6 +131,7 @@ static void shim_parse_args(int argc, char **argv, shim_opts_t *o)
     o->log_max = 10ull << 20;
     o->log_keep = 3;
     o->ready_fd = -1;
+    o->hold_fd = -1;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -150,6 +162,10 @@ static void shim_parse_args(int argc, char **argv, shim_opts_t *o)
             if (!shim_parse_ull(v, 1024, &n) || n < 3)
                 shim_usage();
             o->ready_fd = (int)n;
+        } else if (strcmp(a, "--hold-fd") == 0) {
+            if (!shim_parse_ull(v, 1024, &n) || n < 3)
+                shim_usage();
+            o->hold_fd = (int)n;
         } else if (strcmp(a, "--cgroup") == 0) {
             if (o->ncgroups == SHIM_MAX_CGROUPS)
                 shim_usage();
@@ -159,7 +175,7 @@ static void shim_parse_args(int argc, char **argv, shim_opts_t *o)
         }
         i++;
     }
-    if (!o->dir || i >= argc)
+    if (!o->dir || i >= argc || (o->hold_fd >= 0 && o->hold_fd == o->ready_fd))
         shim_usage();
     o->argv = &argv[i];
 }
@@ -412,6 +428,8 @@ static void shim_describe_failure(shim_exit_t *x, const shim_fail_t *f, const sh
                  o->cwd ? o->cwd : o->dir, e);
     else if (f->stage == SHIM_FAIL_STDIO)
         snprintf(x->reason, sizeof(x->reason), "failed to start: redirecting stdio: %s", e);
+    else if (f->stage == SHIM_FAIL_RELEASED)
+        snprintf(x->reason, sizeof(x->reason), "released before it started");
     else
         snprintf(x->reason, sizeof(x->reason), "failed to start: %s: %s", o->argv[0], e);
 }
@@ -512,6 +530,15 @@ static void shim_child(const shim_opts_t *o, int out_w, int err_w, int fail_fd)
         shim_child_fail(fail_fd, SHIM_FAIL_STDIO, errno);
     if (o->harden)
         shim_child_harden();
+    if (o->hold_fd >= 0) {
+        char go;
+        ssize_t r;
+        while ((r = read(o->hold_fd, &go, 1)) < 0 && errno == EINTR) {
+        }
+        if (r != 1)
+            shim_child_fail(fail_fd, SHIM_FAIL_RELEASED, 0);
+        close(o->hold_fd);
+    }
     /* Undo the shim's own signal setup; a signal that arrived while it was
      * blocked is delivered now and ends the child before the exec. */
     signal(SIGPIPE, SIG_DFL);
@@ -585,6 +612,32 @@ static int shim_monitor(pid_t child, shim_log_t logs[2], const shim_opts_t *o, l
     return status;
 }
 
+/* Close every descriptor above 2 except the two the agent handed over
+ * (either may be -1); those become CLOEXEC, not the app's to inherit, and
+ * one that cannot be kept is dropped (-1). */
+static void shim_keep_fds(int *a, int *b)
+{
+    int keep[2] = {*a, *b};
+    if (keep[0] > keep[1]) {
+        int t = keep[0];
+        keep[0] = keep[1];
+        keep[1] = t;
+    }
+    unsigned from = 3;
+    for (int i = 0; i < 2; i++) {
+        if (keep[i] < 3)
+            continue;
+        if ((unsigned)keep[i] > from)
+            close_range(from, (unsigned)keep[i] - 1, 0);
+        from = (unsigned)keep[i] + 1;
+    }
+    close_range(from, ~0u, 0);
+    if (*a >= 0 && fcntl(*a, F_SETFD, FD_CLOEXEC) != 0)
+        *a = -1;
+    if (*b >= 0 && fcntl(*b, F_SETFD, FD_CLOEXEC) != 0)
+        *b = -1;
+}
+
 int main(int argc, char **argv)
 {
     shim_opts_t o = {0};
@@ -592,16 +645,7 @@ int main(int argc, char **argv)
     /* Whatever the starter left open is not ours to keep alive; 0-2 must be
      * open, or the pipes made below could land there and be clobbered by
      * the child's dup2. */
-    if (o.ready_fd >= 3) {
-        if (o.ready_fd > 3)
-            close_range(3, (unsigned)o.ready_fd - 1, 0);
-        close_range((unsigned)o.ready_fd + 1, ~0u, 0);
-        /* Not the app's to inherit. */
-        if (fcntl(o.ready_fd, F_SETFD, FD_CLOEXEC) != 0)
-            o.ready_fd = -1;
-    } else {
-        closefrom(3);
-    }
+    shim_keep_fds(&o.ready_fd, &o.hold_fd);
     int fd;
     while ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0 && fd < 3) {
     }
@@ -652,6 +696,10 @@ int main(int argc, char **argv)
         close(err_p[0]);
         close(fail_p[0]);
         shim_child(&o, out_p[1], err_p[1], fail_p[1]);
+    }
+    if (o.hold_fd >= 0) {
+        close(o.hold_fd); /* the child's alone: its EOF is the agent's */
+        o.hold_fd = -1;
     }
     /* Both sides set the group so it exists before app.pid names it. */
     setpgid(child, child);

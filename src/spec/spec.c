@@ -294,6 +294,7 @@ static const field_t s_pool[] = {
     F_NUM("terminate-timeout", F_MIN_EXCL, 0, TIMEOUT_MAX),
     F_NUM("request-timeout", F_MIN_EXCL, 0, TIMEOUT_MAX),
     F_INT("crashlog-limit", 0, I32MAX),
+    F_BOOL("spare"),
     F_END,
 };
 
@@ -1549,6 +1550,7 @@ static void norm_pool(json_t *app)
     set_default(pool, "terminate-timeout", json_integer(DEF_TERMINATE_TIMEOUT));
     set_default(pool, "request-timeout", json_integer(DEF_REQUEST_TIMEOUT));
     set_default(pool, "crashlog-limit", json_integer(DEF_CRASHLOG_LIMIT));
+    set_default(pool, "spare", json_true());
 }
 
 /* Build the normalized copy of a valid spec. Every default is written so

@@ -43,6 +43,7 @@ extern char **environ;
 #define FLOOD_BYTES ((size_t)24 << 20)
 
 static char g_self[4096];
+static const char *g_cwd; /* workers' cwd when set (default: the fixture's directory) */
 
 /* ======================================================================
  * The worker (runs in a child process; blocking I/O, no libuv)
@@ -524,6 +525,7 @@ static void fx_stop_app(fx_t *f)
 {
     if (!f->app)
         return;
+    f->stopped = false; /* a test may stop more than one app */
     engine_app_stop(f->app, false, on_stopped, f);
     assert_true(run_until(is_stopped, f, 8000));
     f->app = NULL;
@@ -569,7 +571,7 @@ static void fx_start(fx_t *f, const char *mode, const char *pool_json)
         .pool = pool,
         .argv = argv,
         .envp = environ,
-        .cwd = f->dir,
+        .cwd = g_cwd ? g_cwd : f->dir,
         .run_dir = f->dir,
         .locator = "127.0.0.1:10053",
         .listen = "127.0.0.1:0",
@@ -582,6 +584,43 @@ static void fx_start(fx_t *f, const char *mode, const char *pool_json)
     assert_int_equal(rc, 0);
     assert_true(engine_app_port(f->app) > 0);
     json_decref(pool);
+}
+
+static const char *status_str(const char *path1, const char *path2, char *out, size_t n)
+{
+    json_t *s = engine_app_status(g_fx->app);
+    json_t *v = json_object_get(s, path1);
+    if (path2)
+        v = json_object_get(v, path2);
+    snprintf(out, n, "%s", json_is_string(v) ? json_string_value(v) : "");
+    json_decref(s);
+    return out;
+}
+
+static bool spare_parked(void *arg)
+{
+    (void)arg;
+    return status_int("spare", "pid") > 0;
+}
+
+/* The executable a pid runs: a parked spare still runs the shim's. */
+static bool pid_runs(int pid, const char *exe_suffix)
+{
+    char path[64], exe[4096];
+    snprintf(path, sizeof(path), "/proc/%d/exe", pid);
+    ssize_t n = readlink(path, exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return false;
+    exe[n] = '\0';
+    size_t l = strlen(exe_suffix);
+    return (size_t)n >= l && strcmp(exe + n - l, exe_suffix) == 0;
+}
+
+static bool pid_gone(void *arg)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d", *(int *)arg);
+    return access(path, F_OK) != 0;
 }
 
 /* ======================================================================
@@ -614,6 +653,9 @@ static void test_echo_cold_start(void **state)
     fx_t *f = *state;
     fx_start(f, "echo", "{\"idle-timeout\": 5}");
     assert_int_equal(status_int("workers", "total"), 0);
+    /* the spare parked, and given the time to reach its hold */
+    assert_true(run_until(spare_parked, NULL, 3000));
+    run_for(100);
     tcli_t *c = cli_new(engine_app_port(f->app));
     uint64_t t0 = uv_hrtime();
     cli_enqueue(c, 1, "echo");
@@ -1100,6 +1142,86 @@ static void test_stop(void **state)
     cli_free(c);
 }
 
+/* With the pool at zero a spare waits parked (the shim's child, not yet
+ * the worker); the first invocation takes it, and once idle shrinking
+ * brings the pool back to zero another one is parked. Stopping the app
+ * ends the parked one without running the worker. */
+static void test_spare(void **state)
+{
+    fx_t *f = *state;
+    fx_start(f, "echo", "{\"idle-timeout\": 0.3}");
+    assert_true(run_until(spare_parked, NULL, 3000));
+    int parked = status_int("spare", "pid");
+    run_for(100);
+    assert_true(pid_runs(parked, "drover-shim")); /* held before its exec */
+    assert_int_equal(status_int("workers", "total"), 0);
+    assert_int_equal(status_int("totals", "spawned"), 0);
+    char uuid[64], now_uuid[64];
+    status_str("spare", "uuid", uuid, sizeof(uuid));
+
+    tcli_t *c = cli_new(engine_app_port(f->app));
+    cli_enqueue(c, 1, "echo");
+    cli_write(c, 1, "warm");
+    cli_close(c, 1);
+    assert_non_null(cli_wait_end(c, 1, 3000));
+    assert_string_equal(cli_data(c, 1), "warm");
+    assert_int_equal(status_int("workers", "total"), 1);
+    assert_int_equal(status_int("totals", "spawned"), 1);
+    json_t *st = engine_app_status(f->app);
+    assert_true(json_is_null(json_object_get(st, "spare")));
+    json_t *w0 = json_array_get(json_object_get(st, "workers_list"), 0);
+    assert_string_equal(json_string_value(json_object_get(w0, "uuid")), uuid); /* the spare */
+    assert_int_equal(json_integer_value(json_object_get(w0, "pid")), parked);
+    json_decref(st);
+    assert_true(pid_runs(parked, "test_engine")); /* it exec'd the worker */
+
+    assert_true(wait_status("workers", "total", 0, 3000));
+    assert_true(run_until(spare_parked, NULL, 3000));
+    int again = status_int("spare", "pid");
+    assert_int_not_equal(again, parked);
+    assert_string_not_equal(status_str("spare", "uuid", now_uuid, sizeof(now_uuid)), uuid);
+    assert_int_equal(status_int("totals", "crashes"), 0);
+    cli_free(c);
+    fx_stop_app(f);
+    assert_true(run_until(pid_gone, &again, 3000));
+}
+
+/* "spare": false parks nothing; a spare that cannot get as far as its
+ * hold (here its working directory is missing) is not restarted in a hot
+ * loop: the crash backoff applies, and a real start reports why. */
+static void test_spare_off_and_failing(void **state)
+{
+    fx_t *f = *state;
+    fx_start(f, "echo", "{\"spare\": false}");
+    run_for(200);
+    json_t *st = engine_app_status(f->app);
+    assert_true(json_is_null(json_object_get(st, "spare")));
+    json_decref(st);
+    fx_stop_app(f);
+
+    char missing[600];
+    snprintf(missing, sizeof(missing), "%s/no-such-dir", f->dir);
+    g_cwd = missing;
+    fx_start(f, "echo", "{}");
+    g_cwd = NULL;
+    bool backed_off = false;
+    for (int i = 0; i < 300 && !backed_off; i++) {
+        run_for(10);
+        backed_off = status_int("backoff_ms", NULL) > 0;
+    }
+    assert_true(backed_off);
+    st = engine_app_status(f->app);
+    assert_true(json_is_null(json_object_get(st, "spare")));
+    json_decref(st);
+    tcli_t *c = cli_new(engine_app_port(f->app));
+    cli_enqueue(c, 1, "echo");
+    const tmsg_t *e = cli_wait_end(c, 1, 5000);
+    assert_non_null(e);
+    assert_int_equal(e->cat, 3);
+    assert_non_null(strstr(e->data, "chdir"));
+    cli_free(c);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 2 && !strcmp(argv[1], "--worker"))
@@ -1136,6 +1258,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_flood_paced, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pin, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_stop, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_spare, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_spare_off_and_failing, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

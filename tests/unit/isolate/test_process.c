@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -926,6 +927,110 @@ static void test_on_pid_exec_failure(void **state)
         assert_int_equal(ps.exits_before, 0);
 }
 
+/* ---- held starts ------------------------------------------------------- */
+
+/* A held start forks, joins its cgroups and waits before its exec: the
+ * command has not run (its marker file is absent, the pid still runs the
+ * shim's image) until proceed; then it runs to its end as any other, and
+ * holds no descriptor beyond its stdio (the hold pipe is not inherited). */
+static void test_hold_then_proceed(void **state)
+{
+    fx_t *f = *state;
+    pid_seen_t ps = {.f = f};
+    char marker[128];
+    snprintf(marker, sizeof(marker), "%s/ran", f->dir);
+    char script[512];
+    snprintf(script, sizeof(script), "ls /proc/$$/fd | wc -l > %s.fds; echo yes > %s", marker,
+             marker);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    isolate_spec_t spec = spec_of(f, argv);
+    spec.on_pid = on_pid_record;
+    spec.hold = true;
+    err_t err = {0};
+    assert_int_equal(ops->start(&f->loop, &spec, on_exit_release_seen, &ps, &f->p, &err), 0);
+    assert_true(run_until(f, &ps.calls, 1, 5000));
+    run_for(f, 300);
+    assert_int_equal(f->exits, 0);
+    assert_true(alive(ps.pid));
+    assert_int_equal(access(marker, F_OK), -1);
+    char path[64], exe[4096];
+    snprintf(path, sizeof(path), "/proc/%d/exe", (int)ps.pid);
+    ssize_t n = readlink(path, exe, sizeof(exe) - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    assert_non_null(strstr(exe, "drover-shim"));
+    if (have_cgroups()) {
+        /* contained before it runs anything */
+        char procs[256];
+        snprintf(procs, sizeof(procs), "/sys/fs/cgroup/pids/drover/%s/cgroup.procs", f->id);
+        char *in = read_path(procs);
+        assert_non_null(in);
+        assert_int_equal(atoi(in), ps.pid);
+        free(in);
+    }
+    assert_int_equal(ops->proceed(f->p), 0);
+    assert_int_equal(ops->proceed(f->p), -EALREADY);
+    assert_true(run_until(f, &f->exits, 1, 5000));
+    assert_int_equal(f->how.exit_code, 0);
+    char *ran = read_path(marker);
+    assert_non_null(ran);
+    assert_string_equal(ran, "yes\n");
+    free(ran);
+    char fdsfile[160];
+    snprintf(fdsfile, sizeof(fdsfile), "%s.fds", marker);
+    char *fds = read_path(fdsfile);
+    assert_non_null(fds);
+    assert_int_equal(atoi(fds), 3); /* the shell holds its stdio only */
+    free(fds);
+}
+
+/* A held start that is killed (or whose agent goes away: release) ends
+ * without ever running its command. */
+static void test_hold_then_kill_or_release(void **state)
+{
+    fx_t *f = *state;
+    char marker[128];
+    snprintf(marker, sizeof(marker), "%s/ran", f->dir);
+    char script[256];
+    snprintf(script, sizeof(script), "echo yes > %s", marker);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    for (int round = 0; round < 2; round++) {
+        pid_seen_t ps = {.f = f};
+        isolate_spec_t spec = spec_of(f, argv);
+        spec.on_pid = on_pid_record;
+        spec.hold = true;
+        err_t err = {0};
+        f->exits = 0;
+        assert_int_equal(ops->start(&f->loop, &spec, on_exit_release_seen, &ps, &f->p, &err), 0);
+        assert_true(run_until(f, &ps.calls, 1, 5000));
+        run_for(f, 100);
+        if (round == 0) {
+            ops->kill_all(f->p);
+            assert_true(run_until(f, &f->exits, 1, 5000));
+            assert_true(f->how.start_failed || f->how.signal == SIGKILL);
+        } else {
+            /* released: the agent stops watching; EOF on the hold pipe
+             * ends the parked child, and with it the shim */
+            isolate_proc_t *p = f->p;
+            f->p = NULL;
+            ops->release(p);
+            pid_t shim = read_pid_in(f, "shim.pid");
+            int64_t until = mono_ms() + 5000;
+            while (alive(shim) && mono_ms() < until) {
+                run_for(f, 10);
+            }
+            assert_false(alive(shim));
+            assert_false(alive(ps.pid));
+            waitpid(shim, NULL, 0); /* ours to reap once released */
+            char *x = read_in(f, "exit.json");
+            assert_non_null(x);
+            assert_non_null(strstr(x, "released before it started"));
+            free(x);
+        }
+        assert_int_equal(access(marker, F_OK), -1);
+    }
+}
+
 /* ---- scale ------------------------------------------------------------ */
 
 static void on_exit_count(isolate_proc_t *p, const isolate_exit_t *how, void *data)
@@ -988,6 +1093,8 @@ int main(void)
     log_setup(LOG_WARN, LOG_TEXT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_probe, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_hold_then_proceed, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_hold_then_kill_or_release, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_exit_zero, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_exit_three, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_killed_by_signal, fx_setup, fx_teardown),

@@ -148,7 +148,7 @@ static void test_defaults_only_difference_normalizes_equal(void **state)
                    " 'pool': {'pool-limit': 10, 'queue-limit': 100, 'concurrency': 10,"
                    "   'grow-threshold': 5, 'idle-timeout': 600, 'spawn-timeout': 1,"
                    "   'handshake-timeout': 5, 'heartbeat-timeout': 30, 'terminate-timeout': 10,"
-                   "   'request-timeout': 86400, 'crashlog-limit': 50}}");
+                   "   'request-timeout': 86400, 'crashlog-limit': 50, 'spare': true}}");
     assert_true(json_equal(a, b));
     json_decref(a);
     json_decref(b);
@@ -183,7 +183,7 @@ static void test_worker_pool_defaults(void **state)
         jq("{'pool-limit': 10, 'queue-limit': 100, 'concurrency': 10, 'grow-threshold': 5,"
            " 'idle-timeout': 600, 'spawn-timeout': 1, 'handshake-timeout': 5,"
            " 'heartbeat-timeout': 30, 'terminate-timeout': 10, 'request-timeout': 86400,"
-           " 'crashlog-limit': 50}");
+           " 'crashlog-limit': 50, 'spare': true}");
     assert_true(json_equal(json_object_get(app, "pool"), want));
     json_decref(want);
     /* workers listen on no port unless told */

@@ -382,6 +382,8 @@ static void test_worker_pool_and_routes(void **state)
     expect_error("{" APP ", 'kind': 'worker', 'pool': {'crashlog-limit': -1}}",
                  "$.pool.crashlog-limit", ">= 0");
     expect_error("{" APP ", 'kind': 'worker', 'pool': []}", "$.pool", "must be an object");
+    expect_error("{" APP ", 'kind': 'worker', 'pool': {'spare': 'yes'}}", "$.pool.spare",
+                 "true or false");
 
     r = expect_valid(
         "{" APP ", 'routes': [{'host': '*.Example.com', 'path': '/api',"
