@@ -10,7 +10,9 @@
 #  2. Cold start: with the pool at zero (idle-timeout passed), the time
 #     from enqueue to the first reply byte, measured by a raw msgpack client
 #     on the node's invocation service, and the same first request through
-#     the gateway with curl; then a warm invocation the same way.
+#     the gateway with curl; then a warm invocation the same way. Twice: with
+#     the default parked spare (pool "spare": true) and without one
+#     ("spare": false: a fresh monitor, cgroup attach and exec per cold start).
 #   bench/workers/run.sh
 # Environment: DURATION (10s), CONNS (32), THREADS (wrk threads, 2), COLD (7 cold starts).
 # Installs wrk from Debian when missing.
@@ -54,16 +56,21 @@ post() { # JSON
 }
 # The worker: a pool of 2 (one per core), each taking many invocations at
 # once; the service: the gateway bench's backend with 1 thread per instance,
-# 2 instances. Same routes, same gateway.
+# 2 instances. Same routes, same gateway. Each worker and each service
+# instance may use half a core (a cpus limit of 0.1 would throttle both arms
+# to a few thousand requests/s and measure the CFS quota, not the path).
 post "{\"id\": \"/bench/worker\", \"kind\": \"worker\", \"args\": [\"$ROOT/bin/examples/http-worker\"],
-       \"instances\": 1, \"cpus\": 0.1, \"mem\": 64,
+       \"instances\": 1, \"cpus\": 0.5, \"mem\": 64,
        \"pool\": {\"pool-limit\": 2, \"concurrency\": 64, \"queue-limit\": 1000, \"idle-timeout\": 600},
        \"routes\": [{\"host\": \"worker.bench\"}]}"
 post "{\"id\": \"/bench/service\", \"cmd\": \"exec $ROOT/$GW_BACKEND -t 1 \$PORT0\",
-       \"instances\": 2, \"cpus\": 0.1, \"mem\": 64, \"routes\": [{\"host\": \"service.bench\"}]}"
-post "{\"id\": \"/bench/cold\", \"kind\": \"worker\", \"args\": [\"$ROOT/bin/examples/http-worker\"],
-       \"instances\": 1, \"cpus\": 0.1, \"mem\": 64,
-       \"pool\": {\"pool-limit\": 1, \"idle-timeout\": 1}, \"routes\": [{\"host\": \"cold.bench\"}]}"
+       \"instances\": 2, \"cpus\": 0.5, \"mem\": 64, \"routes\": [{\"host\": \"service.bench\"}]}"
+for spare in true false; do
+    post "{\"id\": \"/bench/cold-$spare\", \"kind\": \"worker\", \"args\": [\"$ROOT/bin/examples/http-worker\"],
+           \"instances\": 1, \"cpus\": 0.1, \"mem\": 64,
+           \"pool\": {\"pool-limit\": 1, \"idle-timeout\": 1, \"spare\": $spare},
+           \"routes\": [{\"host\": \"cold-$spare.bench\"}]}"
+done
 
 routed() { # HOST
     for _ in $(seq 300); do
@@ -75,7 +82,8 @@ routed() { # HOST
 }
 routed worker.bench
 routed service.bench
-routed cold.bench
+routed cold-true.bench
+routed cold-false.bench
 # the worker pool at its limit before measuring (wrk's first second would
 # otherwise include the growth)
 curl -sf -X POST -H 'Content-Type: application/json' -d '{"workers": 2}' "$api/v1/apps/bench/worker/pool" >/dev/null
@@ -93,31 +101,30 @@ for arm in service worker; do
     printf '%-10s %10s %9s %9s %s\n' "$arm" "$r" "$a" "$b" "${errs:-}"
 done
 awk -v w="${rps[worker]}" -v s="${rps[service]}" -v pw="${p50[worker]}" -v ps="${p50[service]}" 'BEGIN {
-    printf "worker vs service: %.0f%% of the requests/s (target >= 70%%), p50 %+.0f us (target < +100 us)\n",
+    printf "worker vs service under load: %.0f%% of the requests/s (target >= 70%%), p50 %+.0f us\n",
         100 * w / s, (pw - ps) * 1000 }'
+# What the worker path adds to one request, without queueing in the way:
+# one connection, one request at a time.
+echo "wrk -t1 -c1 -d$DURATION (one request at a time)"
+for arm in service worker; do
+    read -r r a b errs <<<"$(bench_wrk -t1 -c1 -d"$DURATION" -H "Host: $arm.bench" \
+        "http://127.0.0.1:$gw_port/")"
+    rps[$arm]=$r p50[$arm]=$a p99[$arm]=$b
+    printf '%-10s %10s %9s %9s %s\n' "$arm" "$r" "$a" "$b" "${errs:-}"
+done
+awk -v pw="${p50[worker]}" -v ps="${p50[service]}" 'BEGIN {
+    printf "warm invocation adds %+.0f us p50 over the service path (target < +100 us)\n",
+        (pw - ps) * 1000 }'
 
 # ---- cold start -------------------------------------------------------------------------------
-inst=$(curl -s "$api/v1/instances?app=/bench/cold" | /usr/bin/python3 -c '
-import json, sys
-i = json.load(sys.stdin)["instances"][0]
-print(i["id"], i["host"], i["ports"][0])')
-read -r cold_id cold_host cold_port <<<"$inst"
-pool_total() {
-    curl -sL "$api/v1/instances/$cold_id/pool" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["total"])'
-}
-wait_zero() {
-    for _ in $(seq 200); do [ "$(pool_total)" = 0 ] && return 0; sleep 0.1; done
-    echo "bench: the cold pool did not reach zero" >&2; exit 1
-}
-echo
-echo "cold start (pool at zero, process isolate, C SDK worker), $COLD runs each:"
-invoke_ms() { # prints ms from enqueue to the first reply byte, then the whole reply
-    /usr/bin/python3 - "$cold_host" "$cold_port" <<'EOF'
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+invoke_ms() { # HOST PORT VHOST: ms from enqueue to the first reply byte
+    /usr/bin/python3 - "$1" "$2" "$3" <<'EOF'
 import socket, sys, time
 import msgpack
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-req = msgpack.packb(["GET", "/", "1.1", [["host", "cold.bench"]], b""], use_bin_type=True)
+req = msgpack.packb(["GET", "/", "1.1", [["host", sys.argv[3]]], b""], use_bin_type=True)
 msg = (msgpack.packb([1, 0, ["http"]]) + msgpack.packb([1, 0, [req]], use_bin_type=True)
        + msgpack.packb([1, 2, []]))
 u = msgpack.Unpacker()
@@ -134,22 +141,59 @@ while True:
             done = True
     if done:
         break
-t1 = time.perf_counter()
-print(f"{(first - t0) * 1000:.2f} {(t1 - t0) * 1000:.2f}")
+print(f"{(first - t0) * 1000:.2f}")
 EOF
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-: >"$tmp/cold" ; : >"$tmp/warm" ; : >"$tmp/cold_gw"
-for _ in $(seq "$COLD"); do
-    wait_zero
-    invoke_ms | awk '{print $1}' >>"$tmp/cold"
-    invoke_ms | awk '{print $1}' >>"$tmp/warm"
-    wait_zero
-    curl -s -o /dev/null -w '%{time_starttransfer}\n' -H 'Host: cold.bench' \
-        "http://127.0.0.1:$gw_port/" | awk '{printf "%.2f\n", $1 * 1000}' >>"$tmp/cold_gw"
+# At zero, and (with a spare) the spare parked for 200 ms: what a request
+# after an idle period meets.
+wait_zero() { # INSTANCE
+    for _ in $(seq 200); do
+        curl -sL "$api/v1/instances/$1/pool" | /usr/bin/python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+sys.exit(0 if p["workers"]["total"] == 0 and (p["spare"] or {}).get("pid", 1) > 0 else 1)' &&
+            { sleep 0.2; return 0; }
+        sleep 0.1
+    done
+    echo "bench: the cold pool did not reach zero" >&2
+    exit 1
+}
+echo
+echo "cold start (pool at zero, process isolate, C SDK worker), $COLD runs each:"
+for spare in true false; do
+    inst=$(curl -s "$api/v1/instances?app=/bench/cold-$spare" | /usr/bin/python3 -c '
+import json, sys
+i = json.load(sys.stdin)["instances"][0]
+print(i["id"], i["host"], i["ports"][0])')
+    read -r cold_id cold_host cold_port <<<"$inst"
+    : >"$tmp/cold"
+    : >"$tmp/warm"
+    : >"$tmp/cold_gw"
+    for _ in $(seq "$COLD"); do
+        wait_zero "$cold_id"
+        invoke_ms "$cold_host" "$cold_port" "cold-$spare.bench" >>"$tmp/cold"
+        invoke_ms "$cold_host" "$cold_port" "cold-$spare.bench" >>"$tmp/warm"
+        wait_zero "$cold_id"
+        curl -s -o /dev/null -w '%{time_starttransfer}\n' -H "Host: cold-$spare.bench" \
+            "http://127.0.0.1:$gw_port/" | awk '{printf "%.2f\n", $1 * 1000}' >>"$tmp/cold_gw"
+    done
+    echo "  pool \"spare\": $spare"
+    printf '    invocation service, cold: median %s ms (runs: %s) (target < 10 ms)\n' \
+        "$(median <"$tmp/cold")" "$(tr '\n' ' ' <"$tmp/cold")"
+    printf '    invocation service, warm: median %s ms\n' "$(median <"$tmp/warm")"
+    printf '    through the gateway (curl, first byte), cold: median %s ms\n' \
+        "$(median <"$tmp/cold_gw")"
 done
-printf '  invocation service, cold: median %s ms (runs: %s) (target < 10 ms)\n' \
-    "$(median <"$tmp/cold")" "$(tr '\n' ' ' <"$tmp/cold")"
-printf '  invocation service, warm: median %s ms\n' "$(median <"$tmp/warm")"
-printf '  through the gateway (curl, first byte), cold: median %s ms\n' "$(median <"$tmp/cold_gw")"
 echo "peak RSS of drover dev: $(awk '/VmHWM/ {print $2, $3}' "/proc/$pid/status")"
+# What a parked spare costs while it waits: its monitor and the child held
+# before its exec (proportional set size, shared libc pages split).
+inst=$(curl -s "$api/v1/instances?app=/bench/cold-true" | /usr/bin/python3 -c '
+import json, sys
+print(json.load(sys.stdin)["instances"][0]["id"])')
+wait_zero "$inst"
+spare_pid=$(curl -sL "$api/v1/instances/$inst/pool" | /usr/bin/python3 -c '
+import json, sys
+print(json.load(sys.stdin)["spare"]["pid"])')
+shim_pid=$(awk '{print $4}' "/proc/$spare_pid/stat")
+pss() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+echo "parked spare: monitor $(pss "$shim_pid") kB + held child $(pss "$spare_pid") kB (Pss)"

@@ -126,6 +126,14 @@ class Client:
         self.sock.close()
 
 
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def invoke(c, ch, payload=b"ping"):
     c.enqueue(ch, "echo")
     c.write(ch, payload)
@@ -176,11 +184,21 @@ def test_worker_echo_queue_full_scale_to_zero(drover):
     # idle-timeout 1 s: the pool goes to zero, the next request starts one
     wait_for(lambda: agent_get(drover, inst, "pool")["workers"]["total"] == 0, timeout=10,
              what="scale to zero")
+    # at zero, a spare waits parked: forked by its monitor, not yet the
+    # worker's program; the next request starts that very process
+    wait_for(lambda: (agent_get(drover, inst, "pool")["spare"] or {}).get("pid", 0) > 0,
+             what="a parked spare")
+    spare = agent_get(drover, inst, "pool")["spare"]
+    assert os.readlink(f"/proc/{spare['pid']}/exe").endswith("drover-shim")
     t0 = time.monotonic()
     invoke(c, 5, b"again")
-    print(f"second cold start: {(time.monotonic() - t0) * 1000:.1f} ms")
+    print(f"second cold start (from the spare): {(time.monotonic() - t0) * 1000:.1f} ms")
     st = agent_get(drover, inst, "pool")
     assert st["totals"]["spawned"] == 2 and st["totals"]["crashes"] == 0
+    assert st["spare"] is None
+    assert [w["uuid"] for w in st["workers_list"]] == [spare["uuid"]]
+    assert st["workers_list"][0]["pid"] == spare["pid"]
+    assert not os.readlink(f"/proc/{spare['pid']}/exe").endswith("drover-shim")
     c.shut()
 
     # the instance is published under the app name with api "worker"
@@ -192,6 +210,9 @@ def test_worker_echo_queue_full_scale_to_zero(drover):
     drover.delete("/v1/apps/t/echo")
     wait_for(lambda: drover.get(f"/v1/instances?app={app_id}").json()["instances"] == [],
              what="instance removed")
+    # and nothing of it keeps running, the spare parked meanwhile included
+    wait_for(lambda: not [p for p in os.listdir("/proc") if p.isdigit() and
+                          inst["id"] in _cmdline(p)], what="no process of the instance left")
 
 
 def test_worker_crash_crashlog_and_pin(drover):
