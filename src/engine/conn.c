@@ -1,7 +1,9 @@
 /* Engine connections: msgpack-RPC over a libuv stream with bounded output
- * and pacing. Output is batched: while one write is in flight, messages
- * gather in `out` and leave together when it completes, so a burst of
- * small chunks costs one syscall instead of one each. */
+ * and pacing. Output is batched twice: what the messages of one read
+ * produce, on every connection, leaves when that read has been handled
+ * (app->flushq); and while one write is in flight, messages gather in
+ * `out` and leave together when it completes. A burst of invocations
+ * costs one syscall per connection instead of one per message. */
 #include "engine/engine_internal.h"
 
 #include "core/alloc.h"
@@ -78,6 +80,22 @@ void econn_flush(econn_t *c)
 {
     if (c->closing || c->writing || !c->out.len)
         return;
+    /* Straight to the kernel when it takes it all: no request, no
+     * completion callback, and no epoll_ctl that libuv would otherwise
+     * issue after every completed uv_write. Not while others wait for this
+     * connection to drain: releasing them belongs in the completion. */
+    if (!c->high_since) {
+        uv_buf_t tb = uv_buf_init(c->out.data, (unsigned)c->out.len);
+        int n = uv_try_write(&c->u.s, &tb, 1);
+        if (n < 0 && n != UV_EAGAIN) {
+            econn_close(c, uv_strerror(n));
+            return;
+        }
+        if (n > 0)
+            buf_consume(&c->out, (size_t)n);
+        if (!c->out.len)
+            return;
+    }
     /* swap: out becomes the in-flight buffer, the old one is reused */
     buf_t t = c->wbuf;
     c->wbuf = c->out;
@@ -125,7 +143,30 @@ static void econn_sent(econn_t *c, int rc)
         c->high_since = uv_now(c->app->loop);
         app_tick_ensure(c->app);
     }
+    engine_app_t *app = c->app;
+    if (app->reading && econn_pending(c) <= ENG_OUT_HIGH) {
+        if (!c->flush_queued) {
+            c->flush_queued = true;
+            c->flush_next = app->flushq;
+            app->flushq = c;
+        }
+        return;
+    }
     econn_flush(c);
+}
+
+/* End of a read: hand what it produced to the kernel. Connections closed
+ * meanwhile are still allocated (their memory goes in a close callback,
+ * never inside this one) and are skipped by econn_flush. */
+static void econn_flush_queued(engine_app_t *app)
+{
+    while (app->flushq) {
+        econn_t *c = app->flushq;
+        app->flushq = c->flush_next;
+        c->flush_next = NULL;
+        c->flush_queued = false;
+        econn_flush(c);
+    }
 }
 
 int econn_send(econn_t *c, uint64_t ch, uint64_t type, const char *fmt, ...)
@@ -250,7 +291,11 @@ static void econn_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (n == 0)
         return;
     rpc_decoder_feed(&c->dec, b->base, (size_t)n);
+    engine_app_t *app = c->app;
+    app->reading++;
     econn_drain(c);
+    if (--app->reading == 0)
+        econn_flush_queued(app);
 }
 
 void econn_resume(econn_t *c)

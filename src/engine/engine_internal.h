@@ -69,6 +69,8 @@ struct econn {
     void (*on_msg)(econn_t *c, const rpc_msg_t *m);
     void (*on_lost)(econn_t *c, const char *why);
     econn_t *prev, *next; /* app->conns */
+    econn_t *flush_next;  /* app->flushq, while queued */
+    bool flush_queued;
 };
 
 typedef enum wstate {
@@ -170,6 +172,10 @@ struct engine_app {
     int nspares;     /* spare processes not yet exited (the parked one and discarded ones) */
     econn_t *conns;
     int nclients;
+    /* Inside a read callback, output is only queued; the messages one read
+     * brought leave together, one write per connection, when it returns. */
+    int reading;
+    econn_t *flushq;
     inv_t *q_head, *q_tail;
     int qlen;
     int running;
