@@ -235,7 +235,12 @@ void drover_call_set_ctx(drover_call_t *call, void *ctx);
 void *drover_call_ctx(const drover_call_t *call);
 
 /* Sends len bytes as one or more write chunks (at most 1 MiB each); len 0
- * sends nothing. When more than the out limit is queued it first waits
+ * sends nothing. Called inside a callback, the bytes leave when the
+ * callback returns, with whatever else it wrote (one send per reply rather
+ * than one per call); a handler that streams over a long time should
+ * return between chunks (streaming mode) or call it from outside a
+ * callback, where it sends at once. When more than the out limit is
+ * queued it first waits
  * for the socket to drain (nothing else runs meanwhile) up to the peer
  * silence bound. -EPIPE after the response ended, -ENOTCONN when the
  * connection is gone, -ETIMEDOUT. */

@@ -241,6 +241,21 @@ static void flush_some(drover_worker_t *w)
     }
 }
 
+/* Replies written inside a callback leave when it returns, together (an
+ * HTTP handler's head, body and close: one send instead of three);
+ * outside callbacks, at once. */
+static void out_ready(drover_worker_t *w)
+{
+    if (!w->in_cb)
+        flush_some(w);
+}
+
+static void cb_done(drover_worker_t *w)
+{
+    if (--w->in_cb == 0)
+        flush_some(w);
+}
+
 /* Waits (poll) until at most `until` bytes are queued, or deadline. */
 static int flush_wait(drover_worker_t *w, size_t until, int64_t deadline)
 {
@@ -305,7 +320,7 @@ static void send_close(drover_worker_t *w, uint64_t ch)
     msgpack_packer pk;
     msgpack_packer_init(&pk, &w->out, dw_buf_pack_write);
     pack_head(&pk, ch, 2, 0);
-    flush_some(w);
+    out_ready(w);
 }
 
 static void send_error(drover_worker_t *w, uint64_t ch, unsigned cat, unsigned code,
@@ -319,7 +334,7 @@ static void send_error(drover_worker_t *w, uint64_t ch, unsigned cat, unsigned c
     msgpack_pack_unsigned_int(&pk, code);
     size_t n = strnlen(msg, ERROR_MSG_MAX);
     msgpack_pack_str_with_body(&pk, msg, n);
-    flush_some(w);
+    out_ready(w);
 }
 
 /* ---- calls ---- */
@@ -389,7 +404,7 @@ int drover_call_write(drover_call_t *c, const void *data, size_t len)
         p += n;
         len -= n;
     }
-    flush_some(w);
+    out_ready(w);
     return 0;
 }
 
@@ -445,7 +460,7 @@ static void call_abort(drover_call_t *c, unsigned cat, unsigned code, const char
             drover_error_t e = {cat, code, msg};
             w->in_cb++;
             c->h->ops.on_error(c, c->ctx, &e);
-            w->in_cb--;
+            cb_done(w);
         }
     }
 }
@@ -464,7 +479,7 @@ static void reap(drover_worker_t *w)
             if (c->h && c->h->mode == DW_STREAM && c->h->ops.on_done) {
                 w->in_cb++;
                 c->h->ops.on_done(c, c->ctx);
-                w->in_cb--;
+                cb_done(w);
             }
             call_free(c);
         } else {
@@ -557,7 +572,7 @@ static void open_call(drover_worker_t *w, const dw_msg_t *m)
     if (h->mode == DW_STREAM && h->ops.on_open) {
         w->in_cb++;
         h->ops.on_open(c, h->data);
-        w->in_cb--;
+        cb_done(w);
     }
 }
 
@@ -577,7 +592,7 @@ static void deliver_body(drover_worker_t *w, drover_call_t *c)
         dw_http_dispatch(c, body, len);
     else
         c->h->body_fn(c, body, len, c->h->data);
-    w->in_cb--;
+    cb_done(w);
     dw_buf_free(&c->body);
 }
 
@@ -596,7 +611,7 @@ static void on_chunk(drover_worker_t *w, drover_call_t *c, const char *p, size_t
         if (c->h->ops.on_chunk) {
             w->in_cb++;
             c->h->ops.on_chunk(c, c->ctx, p, n);
-            w->in_cb--;
+            cb_done(w);
         }
     } else {
         dw_buf_append(&c->body, p, n);
@@ -691,7 +706,7 @@ static int dispatch(drover_worker_t *w, const dw_msg_t *m)
             if (c->h->ops.on_error) {
                 w->in_cb++;
                 c->h->ops.on_error(c, c->ctx, &e);
-                w->in_cb--;
+                cb_done(w);
             }
         } else if (!c->res_ended) {
             /* the user never saw this request: just end our side */
@@ -709,7 +724,7 @@ static int dispatch(drover_worker_t *w, const dw_msg_t *m)
             if (c->h->ops.on_close) {
                 w->in_cb++;
                 c->h->ops.on_close(c, c->ctx);
-                w->in_cb--;
+                cb_done(w);
             }
         } else {
             deliver_body(w, c);
