@@ -191,6 +191,10 @@ static int pool_show(cli_ctx_t *ctx, const char *app, bool raw)
             json_object_set_new(st, "node", json_string(node));
         char workers[128], queue[48], served[24], refused[24], crashes[24], pin[24];
         cli_pool_workers_text(json_object_get(st, "workers"), workers, sizeof(workers));
+        if (json_is_object(json_object_get(st, "spare"))) {
+            size_t wl = strlen(workers);
+            snprintf(workers + wl, sizeof(workers) - wl, " (spare parked)");
+        }
         snprintf(queue, sizeof(queue), "%lld/%lld",
                  (long long)json_integer_value(json_object_get(st, "queue")),
                  (long long)json_integer_value(json_object_get(st, "queue_limit")));
