@@ -174,6 +174,7 @@ static const char *status_text(int s)
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
+    case 421: return "Misdirected Request";
     case 431: return "Request Header Fields Too Large";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
@@ -1385,6 +1386,14 @@ static void client_handle_head(gw_client_t *c, size_t head_len)
     }
     copy_clean(c->log_host, sizeof(c->log_host), hi.host ? hi.host : "", hi.host_len);
     copy_clean(c->log_path, sizeof(c->log_path), target, target_len);
+    /* A name whose certificate is not the one this connection proved
+     * (domain fronting, or a client reusing a connection across hosts) is
+     * sent back to connect again for that name (RFC 9110, 15.5.20). */
+    if (c->tls && hi.host && !gw_tls_host_covered(c->tls, hi.host, hi.host_len)) {
+        gw_client_respond(c, 421, "host %s is not served on this connection (TLS name %s)",
+                          c->log_host, gw_tls_sni(c->tls));
+        return;
+    }
 
     /* route */
     c->sref = t->cur;

@@ -109,6 +109,7 @@ struct gw_tls_conn {
     buf_t plain; /* plaintext written before the handshake finished */
     bool done, failed, peer_closed, shut, overflow;
     char *sni;
+    size_t host; /* index of the host whose certificate the handshake chose */
     char err[192];
 };
 
@@ -412,7 +413,8 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     gw_tls_conn_t *c = SSL_get_app_data(ssl);
     free(c->sni);
     c->sni = sni_normalize(SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
-    tls_host_t *h = &x->hosts[host_pick(x, c->sni)];
+    c->host = host_pick(x, c->sni);
+    tls_host_t *h = &x->hosts[c->host];
     unsigned e = rcu_enter(x);
     SSL_CTX *sc = atomic_load(&h->cur);
     SSL_CTX *set = SSL_set_SSL_CTX(ssl, sc);
@@ -828,6 +830,31 @@ bool gw_tls_handshake_done(const gw_tls_conn_t *c)
 const char *gw_tls_sni(const gw_tls_conn_t *c)
 {
     return c->sni;
+}
+
+/* The host list is fixed when the context is made (reloads swap only the
+ * SSL_CTX of each host), so picking for a request's Host here is safe on
+ * any thread at any time. */
+bool gw_tls_host_covered(const gw_tls_conn_t *c, const char *host, size_t len)
+{
+    if (!c->sni || !host)
+        return true;
+    if (len && host[0] == '[')
+        return true; /* an IP literal: no SNI names it, nothing to compare */
+    const char *colon = memchr(host, ':', len);
+    if (colon)
+        len = (size_t)(colon - host);
+    if (len && host[len - 1] == '.')
+        len--;
+    if (len == 0 || len > HOST_MAX)
+        return false;
+    char name[HOST_MAX + 1];
+    for (size_t i = 0; i < len; i++)
+        name[i] = (char)tolower((unsigned char)host[i]);
+    name[len] = '\0';
+    if (strcmp(name, c->sni) == 0)
+        return true;
+    return host_pick(c->ctx, name) == c->host;
 }
 
 void gw_tls_shutdown(gw_tls_conn_t *c)

@@ -125,6 +125,13 @@ bool gw_tls_handshake_done(const gw_tls_conn_t *c);
  * NULL when it sent none or the ClientHello has not arrived. Owned by c. */
 const char *gw_tls_sni(const gw_tls_conn_t *c);
 
+/* May a request for `host` (a Host header: any case, an optional port) be
+ * served on this connection? Yes when the client sent no SNI, when host is
+ * the SNI name, or when host would get the same certificate the handshake
+ * chose; no when another certificate answers for it (the client is to
+ * get 421 Misdirected Request and open a connection for that name). */
+bool gw_tls_host_covered(const gw_tls_conn_t *c, const char *host, size_t len);
+
 /* Queue close_notify after the queued plaintext (called before the
  * handshake finished, it is sent once it does; a no-op after an error);
  * later writes fail with -EPIPE. Send gw_tls_out's bytes, then close the

@@ -235,6 +235,53 @@ def test_two_hosts_sni_hsts_and_sighup_reload(tmp_path, pki, backends):
         assert g.stop() == 0
 
 
+def test_misdirected_request_421(tmp_path, pki, backends):
+    """A request whose Host another certificate answers for, on a connection
+    whose handshake proved a different name, gets 421 naming both; the same
+    name (any case, with a port, a trailing dot) and names the same wildcard
+    certificate covers are served; no SNI means no check."""
+    a, b = backends
+    make_leaf(pki, "w", "*.w.test")
+    g = TlsGateway(str(tmp_path), [
+        "--cert", f"a.test={pki}/a.crt,{pki}/a.key",
+        "--cert", f"b.test={pki}/b.crt,{pki}/b.key",
+        "--cert", f"*.w.test={pki}/w.crt,{pki}/w.key",
+        "--route", f"a.test=127.0.0.1:{a.server_address[1]}",
+        "--route", f"b.test=127.0.0.1:{b.server_address[1]}",
+        "--route", f"x.w.test=127.0.0.1:{a.server_address[1]}",
+        "--route", f"y.w.test=127.0.0.1:{b.server_address[1]}",
+    ])
+    try:
+        ca = os.path.join(pki, "ca.crt")
+        _, status, _, body = https_get(g.https_port, ca, "a.test", host="b.test")
+        assert status == 421, body
+        assert b"b.test" in body and b"a.test" in body
+        for host in ("A.Test", f"a.test:{g.https_port}", "a.test."):
+            _, status, _, body = https_get(g.https_port, ca, "a.test", host=host)
+            assert status == 200 and json.loads(body)["name"] == "A", (host, body)
+        # one wildcard certificate covers both names: no reason to refuse
+        _, status, _, body = https_get(g.https_port, ca, "x.w.test", host="y.w.test")
+        assert status == 200 and json.loads(body)["name"] == "B"
+        # a client that sent no SNI got the default certificate; nothing to compare
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", g.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+                data = b""
+                while True:
+                    try:
+                        chunk = s.recv(65536)
+                    except ssl.SSLZeroReturnError:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    finally:
+        assert g.stop() == 0
+
+
 def test_usage_and_startup_errors(tmp_path, pki):
     port = free_port()
     r = subprocess.run([BIN, "gateway", "--https", f"127.0.0.1:{port}", "--route",

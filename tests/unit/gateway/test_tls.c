@@ -595,6 +595,55 @@ static void test_sni_selection(void **state)
     cin_free(&ci);
 }
 
+/* Which Host headers a connection may serve (421 otherwise): the SNI name
+ * in any spelling, any name the same certificate answers for; not a name
+ * another certificate has; anything when the client sent no SNI. */
+static void test_host_covered(void **state)
+{
+    (void)state;
+    cin_t ci = {0};
+    cin_add(&ci, "a.example.com", "a");
+    cin_add(&ci, "b.example.com", "b");
+    cin_add(&ci, "*.example.com", "wild");
+    cin_add(&ci, "", "def");
+    gw_tls_ctx_t *ctx = ctx_of(&ci);
+    static const struct {
+        const char *sni, *host;
+        bool ok;
+    } cases[] = {
+        {"a.example.com", "a.example.com", true},
+        {"a.example.com", "A.Example.Com:8443", true},
+        {"a.example.com", "a.example.com.", true},
+        {"a.example.com", "b.example.com", false}, /* b has its own */
+        {"a.example.com", "c.example.com", false}, /* the wildcard's */
+        {"c.example.com", "d.example.com", true},  /* both the wildcard's */
+        {"other.org", "zzz.test", true},           /* both the default's */
+        {"other.org", "a.example.com", false},
+        {"a.example.com", "[::1]:443", true}, /* IP literals name no certificate */
+        {"a.example.com", "", false},
+        {NULL, "b.example.com", true}, /* no SNI: nothing to compare */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        pair_t p;
+        pair_open(&p, ctx, cases[i].sni, 0);
+        assert_int_equal(handshake(&p), 0);
+        bool got = gw_tls_host_covered(p.s, cases[i].host, strlen(cases[i].host));
+        if (got != cases[i].ok)
+            fail_msg("SNI %s, Host %s: want %d", cases[i].sni ? cases[i].sni : "(none)",
+                     cases[i].host, cases[i].ok);
+        pair_close(&p);
+    }
+    char longhost[300];
+    memset(longhost, 'a', sizeof(longhost));
+    pair_t p;
+    pair_open(&p, ctx, "a.example.com", 0);
+    assert_int_equal(handshake(&p), 0);
+    assert_false(gw_tls_host_covered(p.s, longhost, sizeof(longhost)));
+    pair_close(&p);
+    gw_tls_ctx_free(ctx);
+    cin_free(&ci);
+}
+
 /* ---- configuration errors ------------------------------------------------------ */
 
 static void expect_ctx_error(cin_t *ci, int code, const char *s1, const char *s2)
@@ -987,6 +1036,7 @@ int main(void)
         cmocka_unit_test(test_write_before_handshake),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_sni_selection),
+        cmocka_unit_test(test_host_covered),
         cmocka_unit_test(test_ctx_errors),
         cmocka_unit_test(test_reload),
         cmocka_unit_test(test_reload_concurrent),
