@@ -86,10 +86,11 @@ gw_peak_rss() { # PID
 # Run wrk --latency with the given arguments and print one line:
 #   req/s p50_ms p99_ms requests non2xx socket_errors
 # (socket errors = connect + read + write + timeout). The whole output goes
-# to $GW_WRK_LOG when set, for a look at what went wrong.
+# to $GW_WRK_LOG when set, for a look at what went wrong. GW_WRK_PREFIX
+# (say `taskset -c 0`) runs wrk under that command.
 gw_wrk() {
     local out
-    out=$(wrk --latency "$@" 2>&1) || true
+    out=$(${GW_WRK_PREFIX:-} wrk --latency "$@" 2>&1) || true
     [ -n "${GW_WRK_LOG:-}" ] && printf '== wrk %s\n%s\n' "$*" "$out" >>"$GW_WRK_LOG"
     awk -v p50="$(bench_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")" \
         -v p99="$(bench_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" '

@@ -18,6 +18,10 @@
 #   WORKLOADS which workloads, in order (default "keep-alive close")
 #   DROVER    the drover binary (default bin/drover, built with make when it is the default)
 #   DROVER_FLAGS  more flags for `drover gateway` (default none)
+#   PIN=1     the proxy gets cores of its own: wrk (1 thread) and the backend (1 thread)
+#             run on CPU 0, every proxy on the other cores (THREADS defaults to their
+#             number), direct included. Without it everything shares every core, and a
+#             proxy's CPU is taken from wrk and the backend that the direct row has alone.
 # Installs wrk, haproxy and nginx from Debian when missing. The drover arm is
 # skipped, with a message, while `drover gateway` does not exist.
 set -euo pipefail
@@ -26,7 +30,20 @@ source "$(dirname "$0")/../lib.sh"
 # shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 DURATION=${DURATION:-10s}
-THREADS=${THREADS:-$(nproc)}
+PIN=${PIN:-0}
+on_load=()
+on_proxy=()
+if [ "$PIN" = 1 ]; then
+    [ "$(nproc)" -ge 2 ] || { echo "bench: PIN=1 needs at least 2 cores" >&2; exit 1; }
+    on_load=(taskset -c 0)
+    on_proxy=(taskset -c "1-$(($(nproc) - 1))")
+    THREADS=${THREADS:-$(($(nproc) - 1))}
+    LOAD_THREADS=1
+    export GW_WRK_PREFIX="taskset -c 0"
+else
+    THREADS=${THREADS:-$(nproc)}
+    LOAD_THREADS=$THREADS
+fi
 CONNS=${CONNS:-64}
 WARMUP=${WARMUP:-2s}
 REPEAT=${REPEAT:-1}
@@ -54,11 +71,14 @@ maxconn=$(($(ulimit -n) / 2 - 64))
 
 # One backend for every arm, THREADS loops.
 port[backend]=$(bench_free_port)
-"$GW_BACKEND" -t "$THREADS" "${port[backend]}" >"$tmp/backend.log" 2>&1 &
+"${on_load[@]}" "$GW_BACKEND" -t "$LOAD_THREADS" "${port[backend]}" >"$tmp/backend.log" 2>&1 &
 pid[backend]=$!
 bench_wait_http "http://127.0.0.1:${port[backend]}/"
 port[direct]=${port[backend]}
-versions=("backend: bench/gateway/backend.c, $THREADS threads")
+versions=("backend: bench/gateway/backend.c, $LOAD_THREADS threads")
+if [ "$PIN" = 1 ]; then
+    versions+=("pinned: wrk and the backend on CPU 0, proxies on CPUs 1-$(($(nproc) - 1))")
+fi
 
 start_drover() {
     if [ "$DROVER" = bin/drover ]; then
@@ -79,7 +99,7 @@ start_drover() {
     fi
     read -r -a flags <<<"${DROVER_FLAGS:-}"
     extra+=("${flags[@]}")
-    "$DROVER" gateway --http "127.0.0.1:${port[drover]}" --route "=127.0.0.1:${port[backend]}" \
+    "${on_proxy[@]}" "$DROVER" gateway --http "127.0.0.1:${port[drover]}" --route "=127.0.0.1:${port[backend]}" \
         --threads "$THREADS" --admin "127.0.0.1:$admin" "${extra[@]}" >"$tmp/drover.log" 2>&1 &
     pid[drover]=$!
     versions+=("drover: $DROVER, tree at $(git log -1 --format='%h %cs' 2>/dev/null || echo '?') plus uncommitted changes")
@@ -118,7 +138,7 @@ EOF
         cat "$tmp/haproxy.log"
         return 1
     fi
-    haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
+    "${on_proxy[@]}" haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 &
     pid[haproxy]=$!
     # sed, not head: head's early exit would fail the pipe (pipefail).
     versions+=("haproxy: $(haproxy -v | sed -n 1p)")
@@ -176,7 +196,7 @@ EOF
         cat "$tmp/nginx.log" "$tmp/nginx/error.log" 2>/dev/null
         return 1
     fi
-    nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx.conf" >"$tmp/nginx.log" 2>&1 &
+    "${on_proxy[@]}" nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx.conf" >"$tmp/nginx.log" 2>&1 &
     pid[nginx]=$!
     versions+=("nginx: $(nginx -v 2>&1)")
     return 0
@@ -202,7 +222,7 @@ done
 read -r -a workloads <<<"${WORKLOADS:-keep-alive close}"
 # wrk's arguments for one arm and workload (in the array `run`).
 wrk_for() { # ARM WORKLOAD DURATION
-    run=(-t"$THREADS" -c"$CONNS" -d"$3")
+    run=(-t"$LOAD_THREADS" -c"$CONNS" -d"$3")
     if [ "$2" = close ]; then
         run+=(-H 'Connection: close')
     fi
@@ -239,7 +259,7 @@ for a in "${arms[@]}"; do
     done
 done
 
-echo "gateway bench: $THREADS threads each (proxy, backend, wrk), $CONNS connections, $DURATION per row, median of $REPEAT, $(nproc) cores"
+echo "gateway bench: proxies $THREADS threads, backend and wrk $LOAD_THREADS, $CONNS connections, $DURATION per row, median of $REPEAT, $(nproc) cores"
 printf '  %s\n' "${versions[@]}"
 printf '%-9s %-11s %11s %9s %9s %11s %s\n' arm workload "req/s" "p50 ms" "p99 ms" "vs haproxy" "failed"
 for w in "${workloads[@]}"; do
