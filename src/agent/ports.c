@@ -4,9 +4,12 @@
 #include "core/str.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 int ports_init(ports_t *p, int lo, int hi, err_t *err)
 {
@@ -17,6 +20,7 @@ int ports_init(ports_t *p, int lo, int hi, err_t *err)
     p->used = xcalloc(65536, 1);
     p->next = lo;
     p->n_used = 0;
+    p->probe = true;
     return 0;
 }
 
@@ -42,8 +46,28 @@ int ports_parse_range(const char *s, int *lo, int *hi, err_t *err)
     return 0;
 }
 
-/* Next free port in the range after p->next, wrapping once; 0 when full. */
-static int ports_find_free(ports_t *p, const int *taken_now, size_t n_taken)
+/* Can an instance listen on this TCP port? The agent only knows its own
+ * instances; a stray process, an instance of another agent on the same
+ * host or any daemon may hold a port of the range, and an app handed it
+ * would fail to start (again and again, with backoff). SO_REUSEADDR: a port
+ * whose last connection is in TIME_WAIT is free for a listener. */
+static bool ports_bindable(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return true; /* cannot tell: do not refuse for it */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 || errno != EADDRINUSE;
+    close(fd);
+    return ok;
+}
+
+/* Next free port in the range after p->next, wrapping once; 0 when full
+ * (*busy: how many of the range other processes held). */
+static int ports_find_free(ports_t *p, const int *taken_now, size_t n_taken, int *busy)
 {
     int span = p->hi - p->lo + 1;
     for (int i = 0; i < span; i++) {
@@ -53,8 +77,13 @@ static int ports_find_free(ports_t *p, const int *taken_now, size_t n_taken)
         bool dup = false;
         for (size_t j = 0; j < n_taken; j++)
             dup |= taken_now[j] == port;
-        if (!dup)
-            return port;
+        if (dup)
+            continue;
+        if (p->probe && !ports_bindable(port)) {
+            (*busy)++;
+            continue;
+        }
+        return port;
     }
     return 0;
 }
@@ -79,11 +108,13 @@ int ports_alloc(ports_t *p, size_t n, const int *want, int *out, err_t *err)
     for (size_t i = 0; i < n; i++) {
         if (out[i])
             continue;
-        int port = ports_find_free(p, out, n);
+        int busy = 0;
+        int port = ports_find_free(p, out, n, &busy);
         if (!port)
             return err_set(err, -EADDRNOTAVAIL,
-                           "no free port: all %d ports of the range %d-%d are in use",
-                           p->hi - p->lo + 1, p->lo, p->hi);
+                           "no free port: all %d ports of the range %d-%d are in use "
+                           "(%d by other processes of the host)",
+                           p->hi - p->lo + 1, p->lo, p->hi, busy);
         out[i] = port;
         p->next = port + 1 > p->hi ? p->lo : port + 1;
     }

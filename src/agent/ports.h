@@ -6,6 +6,7 @@
 
 #include "core/err.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +15,9 @@ typedef struct ports {
     uint8_t *used; /* one byte per port 0..65535 (64 KiB; simple and fast) */
     int next;      /* where the next dynamic search starts: spreads reuse */
     size_t n_used;
+    /* Skip a dynamic port something else on the host is bound to (a bind
+     * probe); on by default, off in tests that need exact picks. */
+    bool probe;
 } ports_t;
 
 int ports_init(ports_t *p, int lo, int hi, err_t *err);

@@ -8,15 +8,20 @@
 #include "agent/launch.h"
 #include "agent/ports.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static void test_ports_dynamic_fixed_release(void **state)
 {
     ports_t p;
     err_t err = {0};
     assert_int_equal(ports_init(&p, 20000, 20003, &err), 0);
+    p.probe = false; /* exact picks, whatever else the host runs */
     int out[3];
     int want[3] = {0, 20001, 0};
     assert_int_equal(ports_alloc(&p, 3, want, out, &err), 0);
@@ -38,6 +43,32 @@ static void test_ports_dynamic_fixed_release(void **state)
     /* re-adoption reserves exactly, and refuses a port in use */
     int again = 20001;
     assert_int_equal(ports_reserve(&p, 1, &again, &err), -EADDRINUSE);
+    ports_free(&p);
+}
+
+/* A port another process of the host listens on is skipped (and named in
+ * the error when it was the last one); once it is closed it is handed out. */
+static void test_ports_probe_skips_host_ports(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(fd, 1), 0);
+    socklen_t len = sizeof(a);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    int held = ntohs(a.sin_port);
+    ports_t p;
+    err_t err = {0};
+    assert_int_equal(ports_init(&p, held, held, &err), 0);
+    int got = 0;
+    assert_int_equal(ports_alloc(&p, 1, NULL, &got, &err), -EADDRNOTAVAIL);
+    assert_non_null(strstr(err.msg, "1 by other processes"));
+    close(fd);
+    assert_int_equal(ports_alloc(&p, 1, NULL, &got, &err), 0);
+    assert_int_equal(got, held);
     ports_free(&p);
 }
 
@@ -151,6 +182,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ports_dynamic_fixed_release),
         cmocka_unit_test(test_ports_range_parse),
+        cmocka_unit_test(test_ports_probe_skips_host_ports),
         cmocka_unit_test(test_launch_env_and_argv),
         cmocka_unit_test(test_launch_args_mappings_and_errors),
     };
