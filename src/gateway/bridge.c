@@ -45,6 +45,7 @@ typedef struct br_conn br_conn_t;
 typedef struct gw_bridge {
     gw_thread_t *t;
     br_conn_t *conns; /* every open connection of the thread */
+    br_conn_t *dirty; /* connections with requests to send this loop turn (dnext) */
     char *rbuf;       /* reads land here, then are copied by the decoder */
 } gw_bridge_t;
 
@@ -57,6 +58,8 @@ struct br_conn {
     gw_bridge_t *br;
     gw_backend_t *b; /* referenced */
     br_conn_t *prev, *next;
+    br_conn_t *dnext; /* br->dirty, while `dirty` */
+    bool dirty;
     int handles;
     int connect_err;
     bool connected, failed, retired, reading, writing;
@@ -553,6 +556,12 @@ static void conn_on_close(uv_handle_t *h)
     br_conn_t *conn = h->data;
     if (--conn->handles > 0)
         return;
+    if (conn->dirty) {
+        br_conn_t **pp = &conn->br->dirty;
+        while (*pp != conn)
+            pp = &(*pp)->dnext;
+        *pp = conn->dnext;
+    }
     rpc_decoder_free(&conn->dec);
     buf_free(&conn->out[0]);
     buf_free(&conn->out[1]);
@@ -610,12 +619,23 @@ static void conn_on_written(uv_write_t *req, int status)
 }
 
 /* One write in flight per connection: requests queued meanwhile go out
- * together when it completes. */
+ * together when it completes. Straight to the kernel when it takes it all
+ * (no request, no completion, no epoll_ctl). */
 static void conn_flush(br_conn_t *conn)
 {
     if (!conn->connected || conn->writing || conn->failed)
         return;
     buf_t *o = &conn->out[conn->cur];
+    if (!o->len)
+        return;
+    uv_buf_t tb = uv_buf_init(o->data, (unsigned)o->len);
+    int n = uv_try_write((uv_stream_t *)&conn->tcp, &tb, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_end(conn, n, false, "write failed");
+        return;
+    }
+    if (n > 0)
+        buf_consume(o, (size_t)n);
     if (!o->len)
         return;
     conn->cur ^= 1;
@@ -1267,7 +1287,14 @@ static void inv_send(gw_binv_t *inv)
     inv->ch = ch;
     tab_insert(conn, inv);
     gw_client_set_deadline(c, c->t->p->o.backend_timeout_ms, TMO_BACKEND);
-    conn_flush(conn);
+    /* sent at the end of this loop turn, with every other request the turn
+     * brought for the same node: one write for all of them */
+    if (!conn->dirty) {
+        conn->dirty = true;
+        conn->dnext = conn->br->dirty;
+        conn->br->dirty = conn;
+        gw_thread_wake(c->t);
+    }
 }
 
 static int body_on_body(http_parser *p, const char *at, size_t n)
@@ -1548,6 +1575,18 @@ void gw_bridge_sweep(gw_thread_t *t, const gw_snapshot_t *s)
         conn->retired = true;
         if (conn->n_inv == 0)
             conn_end(conn, 0, false, NULL);
+    }
+}
+
+void gw_bridge_flush(gw_thread_t *t)
+{
+    gw_bridge_t *br = t->bridge;
+    while (br && br->dirty) {
+        br_conn_t *conn = br->dirty;
+        br->dirty = conn->dnext;
+        conn->dnext = NULL;
+        conn->dirty = false;
+        conn_flush(conn);
     }
 }
 

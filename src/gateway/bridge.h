@@ -128,6 +128,9 @@ void gw_bridge_detach(struct gw_client *c);
 /* A new route table: connections to backends it lacks are closed once
  * idle. */
 void gw_bridge_sweep(struct gw_thread *t, const struct gw_snapshot *s);
+/* The thread's check phase: send what this loop turn queued on each
+ * connection, one write per connection. */
+void gw_bridge_flush(struct gw_thread *t);
 /* The thread stops: close every connection (their clients are gone). */
 void gw_bridge_close_all(struct gw_thread *t);
 /* After the thread's loop ended: free what is left. */

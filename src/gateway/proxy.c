@@ -335,6 +335,10 @@ static void on_check(uv_check_t *h)
     gw_detached_run(t);
     if (uv_is_active((uv_handle_t *)&t->idle))
         uv_idle_stop(&t->idle);
+    /* after the deferred work, which may have started more invocations;
+     * what the flush itself defers (a failed connection's answers)
+     * restarts the idle handle */
+    gw_bridge_flush(t); /* worker invocations this turn brought (bridge.c) */
     thread_flush_log(t);
 }
 

@@ -555,12 +555,19 @@ static void test_keepalive_xfp_hsts(void **state)
     for (int i = 0; i < 5; i++) {
         char path[32];
         snprintf(path, sizeof path, "/k%d", i);
-        get(&c, i % 2 ? "b.test" : "a.test", path, &r);
+        get(&c, i % 2 ? "A.Test:443" : "a.test", path, &r);
         assert_int_equal(r.status, 200);
-        assert_true(body_has(&r, i % 2 ? "backend=B " : "backend=A "));
+        assert_true(body_has(&r, "backend=A "));
         assert_true(body_has(&r, "xfp=https "));
         assert_non_null(strstr(r.head, "\r\nStrict-Transport-Security: max-age=600\r\n"));
     }
+    /* b.test has a certificate of its own: not on a connection that
+     * proved a.test (421), and the connection goes on */
+    get(&c, "b.test", "/k5", &r);
+    assert_int_equal(r.status, 421);
+    assert_true(body_has(&r, "b.test"));
+    get(&c, "a.test", "/k6", &r);
+    assert_int_equal(r.status, 200);
     /* our own answers carry it too */
     char bad[] = "GET / HTTP/1.1\r\n\r\n"; /* no Host: 400 */
     assert_true(tcl_send(&c, bad, sizeof bad - 1));
