@@ -130,6 +130,20 @@ class TlsGateway:
         return rc
 
 
+def read_to_end(s):
+    """Everything until the server closes (close_notify or EOF)."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ssl.SSLZeroReturnError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def https_get(port, cafile, sni, path="/", host=None):
     """GET over TLS verifying sni against the CA: (peer cert DER, status, headers, body)."""
     ctx = ssl.create_default_context(cafile=cafile)
@@ -138,15 +152,7 @@ def https_get(port, cafile, sni, path="/", host=None):
             der = s.getpeercert(binary_form=True)
             req = f"GET {path} HTTP/1.1\r\nHost: {host or sni}\r\nConnection: close\r\n\r\n"
             s.sendall(req.encode())
-            data = b""
-            while True:
-                try:
-                    chunk = s.recv(65536)
-                except ssl.SSLZeroReturnError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
+            data = read_to_end(s)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     status = int(lines[0].split()[1])
@@ -268,15 +274,7 @@ def test_misdirected_request_421(tmp_path, pki, backends):
         with socket.create_connection(("127.0.0.1", g.https_port), timeout=10) as raw:
             with ctx.wrap_socket(raw) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
-                data = b""
-                while True:
-                    try:
-                        chunk = s.recv(65536)
-                    except ssl.SSLZeroReturnError:
-                        break
-                    if not chunk:
-                        break
-                    data += chunk
+                data = read_to_end(s)
         assert data.startswith(b"HTTP/1.1 200"), data[:200]
     finally:
         assert g.stop() == 0
