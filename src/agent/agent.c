@@ -28,6 +28,7 @@
 
 #define AGENT_VERSION          "0.1.0"
 #define AGENT_HEARTBEAT_MS     5000
+#define AGENT_SWEEP_MIN_AGE_S  3600 /* empty leftover cgroups older than this go at start */
 #define AGENT_WATCH_WAIT       "30s"
 #define AGENT_WATCH_TIMEOUT_MS 40000
 #define AGENT_RETRY_MS         1000
@@ -914,6 +915,12 @@ int agent_start(uv_loop_t *loop, const agent_options_t *opts, agent_t **out, err
     a->groups_known = json_object();
     agent_groups_watch(a);
     agent_adopt_all(a);
+    /* Groups of instances whose agent was killed with a data directory that
+     * is never started again stay forever otherwise; an hour old and empty
+     * is nobody's (a restart in backoff makes its group again). */
+    int swept = a->isolate->sweep ? a->isolate->sweep(AGENT_SWEEP_MIN_AGE_S) : 0;
+    if (swept > 0)
+        log_info("agent", "removed %d empty cgroup(s) left by instances of earlier agents", swept);
     log_info("agent", "node %s starting: server %s, ports %d-%d, labels %s, locator %s", a->node_id,
              opts->server_url, lo, hi, opts->labels && *opts->labels ? opts->labels : "none",
              a->locator_addr);

@@ -3,6 +3,7 @@
 #include "core/err.h"
 #include "core/str.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -316,4 +317,34 @@ int cgroup_remove(const char *id)
         }
     }
     return rc;
+}
+
+int cgroup_sweep(int64_t min_age_s)
+{
+    unsigned mask = cgroup_usable();
+    time_t now = time(NULL);
+    int n = 0;
+    for (int c = 0; c < CGROUP_NCTRL; c++) {
+        if (!(mask & (1u << c)))
+            continue;
+        char parent[CGROUP_PATH_MAX];
+        snprintf(parent, sizeof(parent), "%s/%s/%s", CGROUP_ROOT, cgroup_names[c], CGROUP_PARENT);
+        DIR *d = opendir(parent);
+        if (!d)
+            continue;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!cgroup_id_valid(e->d_name))
+                continue;
+            char dir[CGROUP_PATH_MAX];
+            struct stat st;
+            if (cgroup_path((cgroup_ctrl_t)c, e->d_name, dir, sizeof(dir)) < 0 ||
+                stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || now - st.st_mtime < min_age_s)
+                continue;
+            if (rmdir(dir) == 0)
+                n++;
+        }
+        closedir(d);
+    }
+    return n;
 }

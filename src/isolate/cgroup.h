@@ -74,4 +74,11 @@ int cgroup_kill_all(const char *id);
  * are still exiting. 0 also when they never existed. */
 int cgroup_remove(const char *id);
 
+/* rmdir every group under drover/ of every usable controller whose
+ * directory is at least min_age_s old and holds no process (the kernel
+ * refuses rmdir of a group that has one, so a live instance's group is
+ * never touched): what agents that were killed left behind for data
+ * directories nobody starts again. Returns how many were removed. */
+int cgroup_sweep(int64_t min_age_s);
+
 #endif

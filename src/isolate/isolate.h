@@ -100,6 +100,10 @@ typedef struct isolate_ops {
      * instead ends without running anything ("released before it
      * started"). */
     int (*proceed)(isolate_proc_t *p);
+    /* Remove what instances of agents that are gone left on the host and
+     * nothing will clean (empty cgroups older than min_age_s); the number
+     * removed. Never touches anything still in use. */
+    int (*sweep)(int64_t min_age_s);
 } isolate_ops_t;
 
 extern const isolate_ops_t isolate_process_ops;

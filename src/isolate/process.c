@@ -838,4 +838,5 @@ const isolate_ops_t isolate_process_ops = {
     .release = process_release,
     .cleanup = process_cleanup,
     .proceed = process_proceed,
+    .sweep = cgroup_sweep,
 };
