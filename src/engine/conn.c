@@ -203,6 +203,12 @@ int econn_send(econn_t *c, uint64_t ch, uint64_t type, const char *fmt, ...)
     return rc;
 }
 
+void econn_commit(econn_t *c)
+{
+    if (!c->closing)
+        econn_sent(c, 0);
+}
+
 int econn_forward(econn_t *c, uint64_t ch, const rpc_msg_t *m)
 {
     if (c->closing)

@@ -26,6 +26,8 @@
  * its replies: it is disconnected, which resumes the workers it held. */
 #define ENG_STALL_MS      10000
 #define ENG_CLIENTS_MAX   4096
+#define ENG_INVOKE_HDRS_MAX 64                  /* headers an enqueue may pass on */
+#define ENG_INVOKE_MAX      ((size_t)16 << 10) /* bytes of an invoke with its headers */
 #define ENG_CHANNELS_MAX  4096 /* open channels on one client connection */
 #define ENG_CRASHLOGS_MAX 20   /* crashlogs kept per app (oldest dropped) */
 #define ENG_TICK_MS       20
@@ -127,6 +129,8 @@ struct inv {
     char *event;
     bool queued;
     bool c_in_done, c_out_done, w_in_done, w_out_done;
+    buf_t invoke;      /* the invoke with the enqueue's headers (channel patched at dispatch);
+                        * empty when it had none */
     buf_t pend;        /* worker messages prepared while queued (channel patched at dispatch) */
     size_t *pend_offs; /* offset of each message's 8 channel bytes in pend */
     size_t npend, cappend;
@@ -207,6 +211,9 @@ size_t econn_pending(const econn_t *c);
 /* Append one message (as rpc_encode); a conn past ENG_OUT_MAX is closed as
  * flooded. Returns 0 or a negative errno (the message was dropped). */
 int econn_send(econn_t *c, uint64_t ch, uint64_t type, const char *fmt, ...);
+/* After appending encoded messages to c->out directly: send them (now,
+ * or at the end of the read being handled). */
+void econn_commit(econn_t *c);
 /* Forward a message's args as they came. */
 int econn_forward(econn_t *c, uint64_t ch, const rpc_msg_t *m);
 int econn_send_error(econn_t *c, uint64_t ch, unsigned cat, unsigned code, const char *fmt, ...)

@@ -149,6 +149,7 @@ void inv_maybe_free(inv_t *inv)
         inv_client_unlink(inv);
     if (inv->worker || inv->client || inv->queued)
         return;
+    buf_free(&inv->invoke);
     buf_free(&inv->pend);
     free(inv->pend_offs);
     free(inv->event);
@@ -190,7 +191,19 @@ static void inv_start(inv_t *inv, worker_t *w)
     w->load++;
     app->running++;
     inv->started_at = uv_now(app->loop);
-    econn_send(w->conn, inv->wch, RPC_INVOKE, "s", inv->event);
+    if (inv->invoke.len) {
+        /* the enqueue's headers go with the invoke (trace ids, timeout) */
+        unsigned char *p = (unsigned char *)inv->invoke.data + 2;
+        for (int k = 0; k < 8; k++)
+            p[k] = (unsigned char)(inv->wch >> (56 - 8 * k));
+        if (buf_append(&w->conn->out, inv->invoke.data, inv->invoke.len) != 0)
+            econn_close(w->conn, "output buffer full");
+        else
+            econn_commit(w->conn);
+        buf_free(&inv->invoke);
+    } else {
+        econn_send(w->conn, inv->wch, RPC_INVOKE, "s", inv->event);
+    }
     if (inv->npend && !w->conn->closing) {
         for (size_t i = 0; i < inv->npend; i++) {
             unsigned char *p = (unsigned char *)inv->pend.data + inv->pend_offs[i];
@@ -200,7 +213,7 @@ static void inv_start(inv_t *inv, worker_t *w)
         if (buf_append(&w->conn->out, inv->pend.data, inv->pend.len) != 0)
             econn_close(w->conn, "output buffer full");
         else
-            econn_flush(w->conn);
+            econn_commit(w->conn);
         buf_free(&inv->pend);
         buf_init(&inv->pend, 0);
         inv->npend = 0;

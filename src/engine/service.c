@@ -22,6 +22,37 @@ static inv_t *client_find(client_t *cl, uint64_t ch)
     return NULL;
 }
 
+/* The invoke for the worker when the enqueue carried headers: [ch, 0,
+ * [event], headers], the headers as they came (validated pairs), with room
+ * for the channel as in inv_pend. -E2BIG past the bounds. */
+static int inv_invoke_with_headers(inv_t *inv, const rpc_msg_t *m, const char *ev, size_t len)
+{
+    static const unsigned char head[10] = {0x94, 0xcf}; /* [ch (uint64), type, args, headers] */
+    if (m->nheaders > ENG_INVOKE_HDRS_MAX)
+        return -E2BIG;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_uint64(&pk, RPC_INVOKE);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str_with_body(&pk, ev, len);
+    msgpack_pack_array(&pk, (uint32_t)m->nheaders);
+    for (size_t i = 0; i < m->nheaders; i++)
+        msgpack_pack_object(&pk, m->headers[i]);
+    buf_init(&inv->invoke, ENG_INVOKE_MAX);
+    int rc = buf_append(&inv->invoke, head, sizeof(head));
+    if (!rc)
+        rc = buf_append(&inv->invoke, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    if (rc) {
+        buf_free(&inv->invoke);
+        buf_init(&inv->invoke, 0);
+        return -E2BIG;
+    }
+    return 0;
+}
+
 /* A message of a queued invocation, prepared for the worker with room for
  * the channel (8 bytes, uint64 format) that is only known at dispatch. */
 static int inv_pend(inv_t *inv, const rpc_msg_t *m)
@@ -95,6 +126,14 @@ static void client_enqueue(client_t *cl, const rpc_msg_t *m)
         char msg[100];
         snprintf(msg, sizeof(msg), "queue is full (%d waiting)", app->qlen);
         inv_abort(inv, RPC_ECAT_ENGINE, EAGAIN, false, msg);
+        return;
+    }
+    if (m->nheaders && inv_invoke_with_headers(inv, m, ev, len) != 0) {
+        app->refused++;
+        char msg[120];
+        snprintf(msg, sizeof(msg), "enqueue headers: %zu, at most %d and %zu bytes", m->nheaders,
+                 ENG_INVOKE_HDRS_MAX, ENG_INVOKE_MAX);
+        inv_abort(inv, RPC_ECAT_PROTOCOL, EINVAL, false, msg);
         return;
     }
     inv->event = xstrndup(ev, len);

@@ -160,6 +160,17 @@ static int worker_main(int argc, char **argv)
                 } else if (!strcmp(events[k], "garbage")) {
                     buf_append(&out, "\xc1\xc1\xc1\xc1", 4);
                     w_send(&out);
+                } else if (!strcmp(events[k], "headers")) {
+                    /* answers the invoke's headers as "name=value;..." */
+                    char hs[1024];
+                    size_t hl = 0;
+                    rpc_header_t h;
+                    for (size_t i = 0; rpc_msg_header_at(&m, i, &h) == 0 && hl < 900; i++)
+                        hl += (size_t)snprintf(hs + hl, sizeof(hs) - hl, "%.*s=%.*s;",
+                                               (int)h.name_len, h.name, (int)h.value_len, h.value);
+                    rpc_encode(&out, m.channel, RPC_WRITE, "b", hs, hl);
+                    rpc_encode(&out, m.channel, RPC_CLOSE, "");
+                    w_send(&out);
                 } else if (!strcmp(events[k], "badch")) {
                     rpc_encode(&out, 999, RPC_WRITE, "b", "x", (size_t)1);
                     w_send(&out);
@@ -397,6 +408,25 @@ static void cli_enqueue_timeout(tcli_t *c, uint64_t ch, const char *event, const
     rpc_enc_begin(&e, &b, ch, 0, 1, 1);
     msgpack_pack_str_with_body(&e.pk, event, strlen(event));
     rpc_enc_header(&e, "timeout", ms, strlen(ms));
+    assert_int_equal(rpc_enc_end(&e), 0);
+    cli_send(c, &b);
+}
+
+/* enqueue with n headers "h0=v0", "h1=v1", ... plus trace-id and timeout */
+static void cli_enqueue_headers(tcli_t *c, uint64_t ch, const char *event, uint32_t n)
+{
+    buf_t b = BUF_INIT(0);
+    rpc_enc_t e;
+    rpc_enc_begin(&e, &b, ch, 0, 1, n + 2);
+    msgpack_pack_str_with_body(&e.pk, event, strlen(event));
+    rpc_enc_header(&e, "trace-id", "abc", 3);
+    rpc_enc_header_bin(&e, "timeout", "5000", 4);
+    for (uint32_t i = 0; i < n; i++) {
+        char name[16], value[16];
+        snprintf(name, sizeof(name), "h%u", i);
+        snprintf(value, sizeof(value), "v%u", i);
+        rpc_enc_header(&e, name, value, strlen(value));
+    }
     assert_int_equal(rpc_enc_end(&e), 0);
     cli_send(c, &b);
 }
@@ -1142,6 +1172,39 @@ static void test_stop(void **state)
     cli_free(c);
 }
 
+/* The enqueue's headers reach the worker with its invoke, as they came
+ * (str or bin); past the bound the enqueue is refused [1, 22] naming it. */
+static void test_enqueue_headers(void **state)
+{
+    fx_t *f = *state;
+    fx_start(f, "echo", "{}");
+    tcli_t *c = cli_new(engine_app_port(f->app));
+    /* the first waits in the queue while its worker starts */
+    cli_enqueue_headers(c, 1, "headers", 1);
+    const tmsg_t *e = cli_wait_end(c, 1, 5000);
+    assert_non_null(e);
+    assert_int_equal(e->type, RPC_CLOSE);
+    assert_string_equal(cli_data(c, 1), "trace-id=abc;timeout=5000;h0=v0;");
+    /* the next goes straight to the running worker */
+    cli_enqueue_headers(c, 2, "headers", 3);
+    assert_non_null(cli_wait_end(c, 2, 5000));
+    assert_string_equal(cli_data(c, 2), "trace-id=abc;timeout=5000;h0=v0;h1=v1;h2=v2;");
+    cli_enqueue_headers(c, 3, "headers", 100);
+    e = cli_wait_end(c, 3, 5000);
+    assert_non_null(e);
+    assert_int_equal(e->type, RPC_ERROR);
+    assert_int_equal(e->cat, 1);
+    assert_int_equal(e->code, EINVAL);
+    assert_non_null(strstr(e->data, "at most 64"));
+    /* the connection goes on */
+    cli_enqueue(c, 4, "echo");
+    cli_write(c, 4, "still");
+    cli_close(c, 4);
+    assert_non_null(cli_wait_end(c, 4, 5000));
+    assert_string_equal(cli_data(c, 4), "still");
+    cli_free(c);
+}
+
 /* With the pool at zero a spare waits parked (the shim's child, not yet
  * the worker); the first invocation takes it, and once idle shrinking
  * brings the pool back to zero another one is parked. Stopping the app
@@ -1259,6 +1322,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_pin, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_stop, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_spare, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_enqueue_headers, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_spare_off_and_failing, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
