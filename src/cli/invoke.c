@@ -55,16 +55,29 @@ int cli_invoke_exit_code(uint64_t category, uint64_t code)
     return CLI_EXIT_ERROR;
 }
 
-int cli_invoke_encode_enqueue(buf_t *out, uint64_t ch, const char *event, long timeout_ms)
+int cli_invoke_encode_enqueue(buf_t *out, uint64_t ch, const char *event, long timeout_ms,
+                              const char *const *headers, size_t nheaders)
 {
-    if (timeout_ms <= 0)
+    if (timeout_ms <= 0 && !nheaders)
         return rpc_encode(out, ch, RPC_INVOKE, "s", event);
+    for (size_t i = 0; i < nheaders; i++) {
+        const char *eq = strchr(headers[i], '=');
+        if (!eq || eq == headers[i] || eq - headers[i] > 255)
+            return -EINVAL;
+    }
     char ms[24];
     int n = snprintf(ms, sizeof(ms), "%ld", timeout_ms);
     rpc_enc_t e;
-    rpc_enc_begin(&e, out, ch, RPC_INVOKE, 1, 1);
+    rpc_enc_begin(&e, out, ch, RPC_INVOKE, 1, (uint32_t)(nheaders + (timeout_ms > 0)));
     msgpack_pack_str_with_body(&e.pk, event, strlen(event));
-    rpc_enc_header(&e, "timeout", ms, (size_t)n);
+    if (timeout_ms > 0)
+        rpc_enc_header(&e, "timeout", ms, (size_t)n);
+    for (size_t i = 0; i < nheaders; i++) {
+        const char *eq = strchr(headers[i], '=');
+        char name[256];
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - headers[i]), headers[i]);
+        rpc_enc_header(&e, name, eq + 1, strlen(eq + 1));
+    }
     return rpc_enc_end(&e);
 }
 
@@ -303,17 +316,20 @@ static int invoke_loop(invoke_io_t *io, FILE *stdout_f, err_t *err)
 int cli_cmd_invoke(cli_ctx_t *ctx, int argc, char **argv)
 {
     static const cli_cmd_t cmd = {
-        "invoke", "invoke APP EVENT [DATA|-] [--timeout MS] [--locator HOST:PORT]",
+        "invoke",
+        "invoke APP EVENT [DATA|-] [--timeout MS] [--header NAME=VALUE]... [--locator HOST:PORT]",
         "Invoke EVENT of the worker app APP once: DATA (or stdin with -, streamed; nothing when "
         "absent) is the request, the reply's chunks go to stdout as they arrive. APP is "
         "resolved at the locator --locator, else $DROVER_LOCATOR, else " INVOKE_DEFAULT_LOCATOR
         ". An error reply prints `drover invoke: <category> error <code>: <message>`; exit "
         "code 3 when the queue is full, 4 on a timeout, 1 for other errors.",
         "drover invoke /production/echo ping hello\n"
-        "gzip -c big.log | drover invoke /production/indexer add - --timeout 30000"};
+        "gzip -c big.log | drover invoke /production/indexer add - --timeout 30000\n"
+        "drover invoke /production/echo ping hi --header trace-id=4bf92f35"};
     cli_opt_t opts[] = {
         CLI_VALUE("timeout", "MS",
                   "shorten the app's request-timeout for this invocation (milliseconds)"),
+        CLI_LIST("header", "NAME=VALUE", "a header of the enqueue, passed on to the worker"),
         CLI_VALUE("locator", "HOST:PORT",
                   "locator to resolve APP at (default $DROVER_LOCATOR or " INVOKE_DEFAULT_LOCATOR
                   ")"),
@@ -343,8 +359,18 @@ int cli_cmd_invoke(cli_ctx_t *ctx, int argc, char **argv)
         rc = cli_usage_error(ctx, &cmd, "EVENT: expected 1-128 characters");
         goto out;
     }
+    rc = cli_invoke_encode_enqueue(&io.out, 1, event, timeout_ms, opts[1].list,
+                                   (size_t)opts[1].count);
+    if (rc == -EINVAL) {
+        rc = cli_usage_error(ctx, &cmd, "--header: expected NAME=VALUE with a name of 1-255 bytes");
+        goto out;
+    }
+    if (rc < 0) {
+        rc = cli_fail(ctx, "cannot encode the request");
+        goto out;
+    }
     const char *env = getenv("DROVER_LOCATOR");
-    const char *locator = opts[1].count ? opts[1].value
+    const char *locator = opts[2].count ? opts[2].value
                           : env && *env ? env
                                         : INVOKE_DEFAULT_LOCATOR;
     err_t err = {0};
@@ -373,10 +399,6 @@ int cli_cmd_invoke(cli_ctx_t *ctx, int argc, char **argv)
     }
     if (io.fd < 0) {
         rc = cli_fail(ctx, "%s: %s", app, err.msg);
-        goto out;
-    }
-    if (cli_invoke_encode_enqueue(&io.out, 1, event, timeout_ms) < 0) {
-        rc = cli_fail(ctx, "cannot encode the request");
         goto out;
     }
     if (data && strcmp(data, "-") == 0) {

@@ -27,8 +27,11 @@ const char *cli_invoke_category_name(uint64_t category);
 int cli_invoke_exit_code(uint64_t category, uint64_t code);
 
 /* enqueue [event] on channel ch, with the `timeout` header (decimal
- * milliseconds) when timeout_ms > 0. 0 or -ENOBUFS (out unchanged). */
-int cli_invoke_encode_enqueue(buf_t *out, uint64_t ch, const char *event, long timeout_ms);
+ * milliseconds) when timeout_ms > 0 and one header per "NAME=VALUE" of
+ * headers (passed on to the worker). 0, -ENOBUFS (out unchanged), or
+ * -EINVAL for a header without a name or "=". */
+int cli_invoke_encode_enqueue(buf_t *out, uint64_t ch, const char *event, long timeout_ms,
+                              const char *const *headers, size_t nheaders);
 /* write [chunk] messages for data, split at RPC_CHUNK_MAX. */
 int cli_invoke_encode_data(buf_t *out, uint64_t ch, const void *data, size_t len);
 

@@ -310,3 +310,20 @@ def test_app_pool_pin_through_api_and_cli(drover):
     assert inst["id"] in out.stdout
     out = drover.cli("crashlog", "show", app_id)
     assert out.returncode == 0 and "raw_echo dying on purpose" in out.stdout
+
+
+def test_invoke_headers_reach_the_worker(drover):
+    """`drover invoke --header` and `--timeout` travel on the enqueue and
+    reach the worker with its invoke, in order; a malformed one is a usage
+    error before anything is sent."""
+    app_id = "/t/hdr"
+    r = drover.post("/v1/apps", worker_spec(app_id))
+    assert r.status in (200, 201), r
+    healthy_instance(drover, app_id)
+    loc = {"DROVER_LOCATOR": f"127.0.0.1:{drover.meta_port}"}
+    out = wait_for(lambda: (lambda o: o if o.returncode == 0 else None)(
+        drover.cli("invoke", app_id, "headers", "--timeout", "9000", "--header", "trace-id=abc",
+                   "--header", "tenant=blue", env=loc)), what="an answer")
+    assert out.stdout == "timeout=9000;trace-id=abc;tenant=blue;", out.stdout
+    bad = drover.cli("invoke", app_id, "headers", "--header", "no-equals", env=loc)
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr, bad.stderr

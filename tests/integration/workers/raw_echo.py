@@ -4,6 +4,7 @@ section 5) with python3-msgpack only, no SDK: the integration tests use it
 to check the engine independently of the SDKs.
 
 Events: "crash" prints a few lines and exits with status 3 on invoke;
+"headers" answers the invoke's headers as "name=value;..." and closes;
 anything else echoes every chunk and closes after the caller's close (or
 error)."""
 import os
@@ -48,6 +49,15 @@ def main():
                 continue
             if ch not in events:
                 events[ch] = args[0]
+                if args[0] == "headers":
+                    # the invoke's headers, "name=value;..." (what the
+                    # client's enqueue carried)
+                    hdrs = msg[3] if len(msg) > 3 else []
+                    text = "".join(f"{n}={v.decode() if isinstance(v, bytes) else v};"
+                                   for n, v in hdrs)
+                    send(ch, 0, [text.encode()])
+                    send(ch, 2, [])
+                    continue
                 if args[0] == "crash":
                     for i in range(5):
                         print(f"raw_echo crash line {i}", flush=True)

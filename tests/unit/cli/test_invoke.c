@@ -107,8 +107,15 @@ static void test_encode(void **state)
 {
     (void)state;
     buf_t b = BUF_INIT(0);
-    assert_int_equal(cli_invoke_encode_enqueue(&b, 1, "ping", 0), 0);
-    assert_int_equal(cli_invoke_encode_enqueue(&b, 1, "ping", 1500), 0);
+    assert_int_equal(cli_invoke_encode_enqueue(&b, 1, "ping", 0, NULL, 0), 0);
+    assert_int_equal(cli_invoke_encode_enqueue(&b, 1, "ping", 1500, NULL, 0), 0);
+    static const char *const hdrs[] = {"trace-id=abc", "empty="};
+    assert_int_equal(cli_invoke_encode_enqueue(&b, 2, "ping", 0, hdrs, 2), 0);
+    static const char *const bad1[] = {"novalue"}, *const bad2[] = {"=v"};
+    size_t before = b.len;
+    assert_int_equal(cli_invoke_encode_enqueue(&b, 3, "ping", 0, bad1, 1), -EINVAL);
+    assert_int_equal(cli_invoke_encode_enqueue(&b, 3, "ping", 0, bad2, 1), -EINVAL);
+    assert_int_equal(b.len, before);
     size_t big = (RPC_CHUNK_MAX * 5) / 2;
     char *data = xmalloc(big);
     for (size_t i = 0; i < big; i++)
@@ -131,6 +138,15 @@ static void test_encode(void **state)
     assert_int_equal(rpc_msg_header(&m, "timeout", &p, &n), 0);
     assert_int_equal(n, 4);
     assert_memory_equal(p, "1500", 4);
+    decode_one(&d, &m);
+    assert_int_equal(m.channel, 2);
+    assert_int_equal(m.nheaders, 2);
+    assert_int_equal(rpc_msg_header(&m, "trace-id", &p, &n), 0);
+    assert_int_equal(n, 3);
+    assert_memory_equal(p, "abc", 3);
+    assert_int_equal(rpc_msg_header(&m, "empty", &p, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(rpc_msg_header(&m, "timeout", &p, &n), -ENOENT);
     /* the data in chunks of at most RPC_CHUNK_MAX, in order */
     size_t got = 0;
     for (int i = 0; i < 3; i++) {
