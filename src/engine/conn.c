@@ -87,14 +87,13 @@ void econn_flush(econn_t *c)
     if (!c->high_since) {
         uv_buf_t tb = uv_buf_init(c->out.data, (unsigned)c->out.len);
         int n = uv_try_write(&c->u.s, &tb, 1);
-        if (n < 0 && n != UV_EAGAIN) {
-            econn_close(c, uv_strerror(n));
-            return;
-        }
         if (n > 0)
             buf_consume(&c->out, (size_t)n);
         if (!c->out.len)
             return;
+        /* An error (the peer went away) is left to uv_write below, which
+         * reports it from its callback: closing here, inside a send, would
+         * end invocations under the feet of whoever is sending. */
     }
     /* swap: out becomes the in-flight buffer, the old one is reused */
     buf_t t = c->wbuf;

@@ -13,7 +13,8 @@
  *     (1 s doubling to 32 s) and leave a crashlog (the tail of their output).
  *
  * Everything runs on the loop given to engine_app_start; no call blocks it
- * (crashlogs are read on the thread pool). Every buffer holding outside
+ * (crashlogs are read on the thread pool). The process must ignore SIGPIPE
+ * (drover's server_run does): a peer that went away is an EPIPE here. Every buffer holding outside
  * input is bounded: rpc decoders, per-connection output (readers of a
  * connection whose peer does not keep up are paused, and a client that
  * stops reading altogether is disconnected), chunks buffered for a queued

@@ -630,14 +630,11 @@ static void conn_flush(br_conn_t *conn)
         return;
     uv_buf_t tb = uv_buf_init(o->data, (unsigned)o->len);
     int n = uv_try_write((uv_stream_t *)&conn->tcp, &tb, 1);
-    if (n < 0 && n != UV_EAGAIN) {
-        conn_end(conn, n, false, "write failed");
-        return;
-    }
     if (n > 0)
         buf_consume(o, (size_t)n);
     if (!o->len)
         return;
+    /* an error is left to uv_write, which reports it from its callback */
     conn->cur ^= 1;
     uv_buf_t ub = uv_buf_init(o->data, (unsigned)o->len);
     conn->wreq.data = conn;

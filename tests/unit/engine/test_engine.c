@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1289,6 +1290,9 @@ int main(int argc, char **argv)
 {
     if (argc > 2 && !strcmp(argv[1], "--worker"))
         return worker_main(argc, argv);
+    /* as in drover itself (server_run): a peer that went away is an EPIPE
+     * the engine handles, not a signal that ends the process */
+    signal(SIGPIPE, SIG_IGN);
     if (!realpath("/proc/self/exe", g_self)) {
         perror("realpath");
         return 1;
