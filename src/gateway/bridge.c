@@ -143,24 +143,6 @@ static bool name_text_ok(const char *p, size_t n, size_t max)
     return true;
 }
 
-/* Is `name` a token of a Connection header value? */
-static bool conn_token_has(const char *v, size_t vn, const char *name, size_t nn)
-{
-    size_t i = 0;
-    while (i < vn) {
-        while (i < vn && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < vn && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
-            i++;
-        if (i - s == nn && strncasecmp(v + s, name, nn) == 0)
-            return true;
-        while (i < vn && v[i] != ',')
-            i++;
-    }
-    return false;
-}
-
 /* Restore a buffer to an earlier length (a failed build leaves no trace). */
 static void buf_truncate(buf_t *b, size_t len)
 {
@@ -386,7 +368,7 @@ int gw_bridge_head_build(const void *chunk, size_t len, const gw_bridge_head_opt
         bool named = false;
         for (uint64_t j = 0; j < nh && has_conn && !named; j++)
             named = name_is(names[j].p, names[j].n, "connection") &&
-                    conn_token_has(vals[j].p, vals[j].n, k->p, k->n);
+                    gw_http_conn_token_has(vals[j].p, vals[j].n, k->p, k->n);
         if (named)
             continue;
         if (name_is(k->p, k->n, "content-length")) {
@@ -1171,11 +1153,7 @@ static bool req_header_kept(const gw_client_t *c, size_t i)
         name_is(n, nl, "x-forwarded-host") || name_is(n, nl, "x-request-id") ||
         name_is(n, nl, "expect"))
         return false;
-    for (size_t k = 0; k < c->nhs && c->has_conn_hdr; k++)
-        if (name_is(base + hs[k].name, hs[k].name_len, "connection") &&
-            conn_token_has(base + hs[k].val, hs[k].val_len, n, nl))
-            return false;
-    return true;
+    return !(c->has_conn_hdr && gw_http_named_by_connection(base, hs, c->nhs, n, nl));
 }
 
 /* [method, uri, version, [[name, value]...] up to the body: the headers

@@ -94,8 +94,7 @@ bool gw_http_hop_by_hop(const char *p, size_t n)
     }
 }
 
-/* Is `name` one of the comma-separated tokens of a Connection value? */
-static bool conn_token_has(const char *v, size_t vn, const char *name, size_t nn)
+bool gw_http_conn_token_has(const char *v, size_t vn, const char *name, size_t nn)
 {
     size_t i = 0;
     while (i < vn) {
@@ -112,14 +111,12 @@ static bool conn_token_has(const char *v, size_t vn, const char *name, size_t nn
     return false;
 }
 
-/* Named by any Connection header among the spans? (headers listed there
- * are hop-by-hop for this message). */
-static bool named_by_connection(const char *base, const gw_hspan_t *hs, size_t nhs,
-                                const char *name, size_t nn)
+bool gw_http_named_by_connection(const char *base, const gw_hspan_t *hs, size_t nhs,
+                                 const char *name, size_t nn)
 {
     for (size_t i = 0; i < nhs; i++)
         if (NAME_IS(base + hs[i].name, hs[i].name_len, "connection") &&
-            conn_token_has(base + hs[i].val, hs[i].val_len, name, nn))
+            gw_http_conn_token_has(base + hs[i].val, hs[i].val_len, name, nn))
             return true;
     return false;
 }
@@ -1159,7 +1156,7 @@ static int build_request_head(gw_client_t *c, const head_info_t *hi, const char 
         } else if (NAME_IS(n, nl, "x-forwarded-proto") || NAME_IS(n, nl, "x-forwarded-host") ||
                    NAME_IS(n, nl, "x-request-id")) {
             continue;
-        } else if (c->has_conn_hdr && named_by_connection(base, hs, c->nhs, n, nl)) {
+        } else if (c->has_conn_hdr && gw_http_named_by_connection(base, hs, c->nhs, n, nl)) {
             continue;
         }
         if (NAME_IS(n, nl, "host")) {
@@ -1835,7 +1832,7 @@ static void build_response_head(gw_client_t *c, gw_upstream_t *u)
         if (gw_http_hop_by_hop(n, nl)) {
             if (!(c->upgrade && hp->status_code == 101 && NAME_IS(n, nl, "upgrade")))
                 continue;
-        } else if (has_conn && named_by_connection(base, u->hs, u->nhs, n, nl)) {
+        } else if (has_conn && gw_http_named_by_connection(base, u->hs, u->nhs, n, nl)) {
             continue;
         }
         (void)buf_append(o, n, nl);

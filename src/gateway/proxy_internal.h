@@ -379,6 +379,12 @@ void gw_client_shut_write(gw_client_t *c);
  * lets spaces through in names). Case-insensitive where names are. */
 bool gw_http_hop_by_hop(const char *p, size_t n);
 bool gw_http_token_ok(const char *p, size_t n);
+/* Is `name` one of the comma-separated tokens of a Connection value? */
+bool gw_http_conn_token_has(const char *v, size_t vn, const char *name, size_t nn);
+/* Named by any Connection header among the spans (so hop-by-hop for this
+ * message)? */
+bool gw_http_named_by_connection(const char *base, const gw_hspan_t *hs, size_t nhs,
+                                 const char *name, size_t nn);
 
 /* ---- upstream.c ---- */
 /* A connection to b for c: a pooled idle one (*reused true) or a new one
