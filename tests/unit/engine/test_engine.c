@@ -654,6 +654,20 @@ static bool pid_gone(void *arg)
     return access(path, F_OK) != 0;
 }
 
+/* The app's crashlogs once there is one (they are read off the loop). */
+static json_t *wait_crashlogs(engine_app_t *app)
+{
+    for (int i = 0; i < 200; i++) {
+        json_t *list = engine_app_crashlogs(app);
+        if (json_array_size(list))
+            return list;
+        json_decref(list);
+        run_for(10);
+    }
+    fail_msg("no crashlog after 2 s");
+    return NULL;
+}
+
 /* ======================================================================
  * Tests
  * ====================================================================== */
@@ -869,16 +883,7 @@ static void test_crash_crashlog_respawn(void **state)
     assert_int_equal(e->code, EPIPE);
     assert_non_null(strstr(e->data, "worker died"));
     assert_string_equal(cli_data(c, 1), "partial");
-    json_t *list = NULL;
-    for (int i = 0; i < 200; i++) {
-        list = engine_app_crashlogs(f->app);
-        if (json_array_size(list))
-            break;
-        json_decref(list);
-        list = NULL;
-        run_for(10);
-    }
-    assert_non_null(list);
+    json_t *list = wait_crashlogs(f->app);
     json_t *cl = json_array_get(list, 0);
     assert_non_null(strstr(json_string_value(json_object_get(cl, "reason")), "status 3"));
     size_t len = 0;
@@ -930,16 +935,7 @@ static void test_spawn_failures(void **state)
     assert_int_equal(e->cat, 3);
     assert_int_equal(e->code, EIO);
     assert_non_null(strstr(e->data, "exited with status 2"));
-    json_t *list = NULL;
-    for (int i = 0; i < 200; i++) {
-        list = engine_app_crashlogs(f->app);
-        if (json_array_size(list))
-            break;
-        json_decref(list);
-        list = NULL;
-        run_for(10);
-    }
-    assert_non_null(list);
+    json_t *list = wait_crashlogs(f->app);
     size_t len;
     char *text = engine_app_crashlog(
         f->app, json_string_value(json_object_get(json_array_get(list, 0), "id")), &len);
