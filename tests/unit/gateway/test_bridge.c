@@ -146,8 +146,9 @@ static void fsend_error(fconn_t *fc, uint64_t ch, unsigned cat, unsigned code, c
     fsend(fc, &b);
 }
 
-/* [code, [[name, value]...]] with n pairs from kv (name, value, ...). */
-static void fsend_head(fconn_t *fc, uint64_t ch, unsigned code, const char *const *kv, size_t n)
+/* The head chunk [code, [[name, value]...]] with n pairs from kv (name,
+ * value, ...), values as bin or str. */
+static void pack_head_as(buf_t *out, unsigned code, const char *const *kv, size_t n, bool bin)
 {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
@@ -157,12 +158,25 @@ static void fsend_head(fconn_t *fc, uint64_t ch, unsigned code, const char *cons
     msgpack_pack_unsigned_int(&pk, code);
     msgpack_pack_array(&pk, (uint32_t)n);
     for (size_t i = 0; i < n; i++) {
+        const char *v = kv[2 * i + 1];
         msgpack_pack_array(&pk, 2);
         msgpack_pack_str_with_body(&pk, kv[2 * i], strlen(kv[2 * i]));
-        msgpack_pack_str_with_body(&pk, kv[2 * i + 1], strlen(kv[2 * i + 1]));
+        if (bin)
+            msgpack_pack_bin_with_body(&pk, v, strlen(v));
+        else
+            msgpack_pack_str_with_body(&pk, v, strlen(v));
     }
-    fsend_write(fc, ch, sb.data, sb.size);
+    buf_reset(out);
+    buf_append(out, sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
+}
+
+static void fsend_head(fconn_t *fc, uint64_t ch, unsigned code, const char *const *kv, size_t n)
+{
+    buf_t b = BUF_INIT(0);
+    pack_head_as(&b, code, kv, n, false);
+    fsend_write(fc, ch, b.data, b.len);
+    buf_free(&b);
 }
 
 static void fstream_closed(uv_handle_t *h)
@@ -1109,21 +1123,7 @@ static void test_garbage(void **state)
 
 static void pack_head(buf_t *out, unsigned code, const char *const *kv, size_t n)
 {
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 2);
-    msgpack_pack_unsigned_int(&pk, code);
-    msgpack_pack_array(&pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
-        msgpack_pack_array(&pk, 2);
-        msgpack_pack_str_with_body(&pk, kv[2 * i], strlen(kv[2 * i]));
-        msgpack_pack_bin_with_body(&pk, kv[2 * i + 1], strlen(kv[2 * i + 1]));
-    }
-    buf_reset(out);
-    buf_append(out, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
+    pack_head_as(out, code, kv, n, true);
 }
 
 static void test_head_build(void **state)
