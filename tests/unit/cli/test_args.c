@@ -15,28 +15,10 @@
 #include <string.h>
 #include <unistd.h>
 
-/* The cli module links deploy.c, which uses the spec module; unit tests of
- * cli link only core, cli and http, so the one spec function is stubbed. */
-int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, size_t n_vars,
-                       char **out, size_t *out_len, err_t *err)
-{
-    (void)vars;
-    (void)n_vars;
-    (void)err;
-    *out = xstrndup(text, len);
-    if (out_len)
-        *out_len = len;
-    return 0;
-}
+#include "cli/link_stubs.h"
 
 /* push.c packs with the agent module's artifact_pack; the cli unit tests
  * do not link src/agent. */
-int artifact_pack(const char *dir, const char *out, char *id_out, err_t *err)
-{
-    (void)out;
-    (void)id_out;
-    return err_set(err, -ENOSYS, "pack %s: not in this test", dir);
-}
 
 enum { O_JSON, O_CAS, O_VAR, O_N };
 

@@ -18,26 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* deploy.c and push.c use the spec and agent modules, which cli unit tests
- * do not link. */
-int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, size_t n_vars,
-                       char **out, size_t *out_len, err_t *err)
-{
-    (void)vars;
-    (void)n_vars;
-    (void)err;
-    *out = xstrndup(text, len);
-    if (out_len)
-        *out_len = len;
-    return 0;
-}
-
-int artifact_pack(const char *dir, const char *out, char *id_out, err_t *err)
-{
-    (void)out;
-    (void)id_out;
-    return err_set(err, -ENOSYS, "pack %s: not in this test", dir);
-}
+#include "cli/link_stubs.h"
 
 static json_t *parse(const char *s)
 {

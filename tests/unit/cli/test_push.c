@@ -23,17 +23,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, size_t n_vars,
-                       char **out, size_t *out_len, err_t *err)
-{
-    (void)vars;
-    (void)n_vars;
-    (void)err;
-    *out = xstrndup(text, len);
-    if (out_len)
-        *out_len = len;
-    return 0;
-}
+#define CLI_STUBS_OWN_ARTIFACT_PACK
+#include "cli/link_stubs.h"
 
 /* What the stand-in packs: gzip magic then `pack_size - 2` pattern bytes. */
 static size_t pack_size = 1000;

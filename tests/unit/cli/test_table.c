@@ -14,27 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* deploy.c needs it; the cli unit tests do not link src/spec. */
-int spec_template_fill(const char *text, size_t len, const spec_var_t *vars, size_t n_vars,
-                       char **out, size_t *out_len, err_t *err)
-{
-    (void)vars;
-    (void)n_vars;
-    (void)err;
-    *out = xstrndup(text, len);
-    if (out_len)
-        *out_len = len;
-    return 0;
-}
+#include "cli/link_stubs.h"
 
 /* push.c packs with the agent module's artifact_pack; the cli unit tests
  * do not link src/agent. */
-int artifact_pack(const char *dir, const char *out, char *id_out, err_t *err)
-{
-    (void)out;
-    (void)id_out;
-    return err_set(err, -ENOSYS, "pack %s: not in this test", dir);
-}
 
 static char *render(const cli_table_t *t)
 {
