@@ -574,6 +574,8 @@ static void conn_read_update(br_conn_t *conn)
     }
 }
 
+static void conn_flush(br_conn_t *conn);
+
 static void conn_on_written(uv_write_t *req, int status)
 {
     br_conn_t *conn = req->data;
@@ -585,19 +587,7 @@ static void conn_on_written(uv_write_t *req, int status)
         conn_end(conn, status, false, "write failed");
         return;
     }
-    /* flush what collected meanwhile */
-    buf_t *o = &conn->out[conn->cur];
-    if (!o->len)
-        return;
-    conn->cur ^= 1;
-    uv_buf_t ub = uv_buf_init(o->data, (unsigned)o->len);
-    conn->wreq.data = conn;
-    int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, &ub, 1, conn_on_written);
-    if (rc < 0) {
-        conn_end(conn, rc, false, "write failed");
-        return;
-    }
-    conn->writing = true;
+    conn_flush(conn); /* what collected meanwhile */
 }
 
 /* One write in flight per connection: requests queued meanwhile go out
@@ -736,17 +726,7 @@ static void client_drop_backend(gw_client_t *c)
 static bool inv_pick(gw_binv_t *inv, const gw_backend_t *exclude)
 {
     gw_client_t *c = inv->c;
-    gw_backend_t *b = gw_pool_pick(inv->pool, inv->balance, c->addr, strlen(c->addr),
-                                   gw_thread_now(c->t), exclude);
-    if (!b)
-        return false;
-    if (b == exclude) {
-        gw_backend_unref(b);
-        return false;
-    }
-    c->b = b;
-    atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
-    return true;
+    return gw_client_pick_in(c, inv->pool, inv->balance, c->addr, strlen(c->addr), exclude);
 }
 
 /* Send the invocation again to another node, once per request, when it

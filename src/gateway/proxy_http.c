@@ -1219,14 +1219,10 @@ static void new_request_id(gw_client_t *c)
     c->reqid[32] = '\0';
 }
 
-/* Pick a backend of c->pool (excluding `exclude`) and count the request
- * on it. false when none is left. */
-static bool client_pick(gw_client_t *c, const gw_backend_t *exclude)
+bool gw_client_pick_in(gw_client_t *c, const gw_pool_t *pool, gw_balance_t balance,
+                       const void *seed, size_t sl, const gw_backend_t *exclude)
 {
-    const void *seed = c->seed_len ? (const void *)c->seed : (const void *)c->addr;
-    size_t sl = c->seed_len ? c->seed_len : strlen(c->addr);
-    gw_backend_t *b =
-        gw_pool_pick(c->pool, c->route->balance, seed, sl, gw_thread_now(c->t), exclude);
+    gw_backend_t *b = gw_pool_pick(pool, balance, seed, sl, gw_thread_now(c->t), exclude);
     if (!b)
         return false;
     if (b == exclude) {
@@ -1236,6 +1232,15 @@ static bool client_pick(gw_client_t *c, const gw_backend_t *exclude)
     c->b = b;
     atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
     return true;
+}
+
+/* Pick a backend of c->pool (excluding `exclude`), seeded by the sticky
+ * value or the client's address, and count the request on it. */
+static bool client_pick(gw_client_t *c, const gw_backend_t *exclude)
+{
+    const void *seed = c->seed_len ? (const void *)c->seed : (const void *)c->addr;
+    size_t sl = c->seed_len ? c->seed_len : strlen(c->addr);
+    return gw_client_pick_in(c, c->pool, c->route->balance, seed, sl, exclude);
 }
 
 static void client_drop_backend(gw_client_t *c)

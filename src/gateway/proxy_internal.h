@@ -380,6 +380,10 @@ void gw_client_shut_write(gw_client_t *c);
 bool gw_http_hop_by_hop(const char *p, size_t n);
 bool gw_http_token_ok(const char *p, size_t n);
 /* Is `name` one of the comma-separated tokens of a Connection value? */
+/* Pick a backend of pool for c (not `exclude`) and count the request on it
+ * (c->b); false when none is left. */
+bool gw_client_pick_in(gw_client_t *c, const gw_pool_t *pool, gw_balance_t balance,
+                       const void *seed, size_t sl, const gw_backend_t *exclude);
 bool gw_http_conn_token_has(const char *v, size_t vn, const char *name, size_t nn);
 /* Named by any Connection header among the spans (so hop-by-hop for this
  * message)? */
